@@ -1,0 +1,1 @@
+"""The engine: grid expansion, the training loop, executors and the run store."""

@@ -1,0 +1,108 @@
+"""Grid expansion: (loss specs x tasks x seeds) -> fully resolved run configs, each with a key.
+
+The run key is a hash of the fully resolved config (task spec after budget and ``--set``, loss
+name, loss params with defaults filled in, seed), so a changed default or override is a new run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lossbench.errors import UserError, require
+from lossbench.families import FAMILIES
+from lossbench.losses import LOSSES
+from lossbench.registry import parse_spec
+from lossbench.spec import resolve_task
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One cell of the grid, fully resolved."""
+
+    task: str
+    family: str
+    budget: str
+    loss: str
+    loss_params: Mapping[str, Any]
+    seed: int
+    spec: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return run_key(asdict(self))
+
+    @property
+    def label(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.loss_params.items())
+        return f"{self.loss}{':' + params if params else ''} · {self.task} · seed {self.seed}"
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``0,1,2`` or ``0-4`` -> list of ints; None keeps the task's default seeds."""
+    if text is None or not text.strip():
+        return None
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise UserError(f"bad --seeds {text!r}; expected e.g. 0,1,2 or 0-4") from None
+    require(len(seeds) == len(set(seeds)), f"bad --seeds {text!r}: repeated seed")
+    return seeds
+
+
+def accepted_kinds(family: str) -> tuple[str, ...]:
+    return tuple(FAMILIES.get(family).tags.get("accepts", ()))
+
+
+def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str, Any]]]:
+    """Loss specs -> (name, resolved params). ``all`` means every loss the family accepts."""
+    kinds = accepted_kinds(family)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for text in specs:
+        name, raw = parse_spec(text)
+        if name == "all":
+            require(not raw, "'all' takes no parameters")
+            out += [(e.name, e.resolve({})) for e in LOSSES if e.tags["consumes"] in kinds]
+            continue
+        entry = LOSSES.get(name)
+        consumes = entry.tags["consumes"]
+        require(
+            consumes in kinds,
+            f"loss '{name}' consumes {consumes} but a {family} task accepts {', '.join(kinds)}",
+        )
+        out.append((name, entry.resolve(raw)))
+    return out
+
+
+def expand(
+    losses: Sequence[str],
+    tasks: Sequence[str],
+    seeds: Sequence[int] | None,
+    budget: str,
+    overrides: Sequence[str] = (),
+) -> list[RunConfig]:
+    """The grid in run order (task, loss, seed), duplicates removed."""
+    require(bool(losses), "no --loss given; try --loss ce or --loss all")
+    require(bool(tasks), "no --task given; see `lossbench list tasks`")
+    runs: dict[str, RunConfig] = {}
+    for task in tasks:
+        spec = resolve_task(task, budget, overrides)
+        family = str(spec.get("family", ""))
+        FAMILIES.get(family)
+        task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
+        for name, params in expand_losses(losses, family):
+            for seed in task_seeds:
+                cfg = RunConfig(task, family, budget, name, params, int(seed), spec)
+                runs.setdefault(cfg.key, cfg)
+    return list(runs.values())

@@ -1,0 +1,126 @@
+"""The run store: one JSON record per finished run, written atomically, plus the tidy tables.
+
+Layout under an output folder::
+
+    records/<run-key>.json   one per finished run (status ok / diverged / failed)
+    runs.parquet, runs.csv   tidy: one row per run x final metric (columns in README)
+    curves.parquet           tidy: one row per run x metric x epoch
+
+A run whose record says ``ok`` or ``diverged`` is finished (divergence is a result: the same seed
+diverges again); a ``failed`` run (a crash) is retried on the next invocation. ``--force`` re-runs
+everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FINISHED = frozenset({"ok", "diverged"})
+RUN_COLUMNS = [
+    "run_key", "task", "family", "budget", "loss", "loss_params", "seed", "status", "reason",
+    "noise_kind", "noise_rate", "noise_realised", "metric", "value", "wall_s", "device",
+    "git_commit", "lossbench_version", "torch_version", "finished_at",
+]
+CURVE_COLUMNS = ["run_key", "task", "loss", "loss_params", "seed", "metric", "epoch", "value"]
+
+
+class Store:
+    """Records of one output folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+
+    def path(self, key: str) -> Path:
+        return self.records_dir / f"{key}.json"
+
+    def write(self, record: Mapping[str, Any]) -> Path:
+        """Atomic: write a temp file in the same folder, fsync, rename over the final name."""
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        target = self.path(str(record["run_key"]))
+        fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=1, sort_keys=True, default=str)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.records_dir.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+
+    def done_keys(self) -> set[str]:
+        return {r["run_key"] for r in self.records() if r.get("status") in FINISHED}
+
+    def write_tables(self) -> pd.DataFrame:
+        """Rebuild the tidy tables from all records; returns the runs table."""
+        records = self.records()
+        runs = tidy_runs(records)
+        curves = tidy_curves(records)
+        self.root.mkdir(parents=True, exist_ok=True)
+        runs.to_csv(self.root / "runs.csv", index=False)
+        runs.to_parquet(self.root / "runs.parquet", index=False)
+        curves.to_parquet(self.root / "curves.parquet", index=False)
+        return runs
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run x final metric; a run with no metrics (failed) keeps one row, metric=None."""
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        cfg = rec["config"]
+        noise = rec.get("info", {}).get("noise", {}) or {}
+        base = {
+            "run_key": rec["run_key"], "task": cfg["task"], "family": cfg["family"],
+            "budget": cfg["budget"], "loss": cfg["loss"],
+            "loss_params": _params_text(cfg["loss_params"]), "seed": cfg["seed"],
+            "status": rec["status"], "reason": rec.get("reason", ""),
+            "noise_kind": noise.get("kind", "none"),
+            "noise_rate": noise.get("requested_rate", 0.0),
+            "noise_realised": noise.get("realised_rate", 0.0),
+            "wall_s": rec.get("wall_s"), "device": rec.get("device"),
+            "git_commit": rec.get("git_commit"),
+            "lossbench_version": rec.get("versions", {}).get("lossbench"),
+            "torch_version": rec.get("versions", {}).get("torch"),
+            "finished_at": rec.get("finished_at"),
+        }
+        metrics = rec.get("metrics") or {None: None}
+        rows += [base | {"metric": m, "value": v} for m, v in metrics.items()]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def tidy_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    rows = [
+        {
+            "run_key": rec["run_key"], "task": rec["config"]["task"], "loss": rec["config"]["loss"],
+            "loss_params": _params_text(rec["config"]["loss_params"]),
+            "seed": rec["config"]["seed"], "metric": metric, "epoch": epoch + 1, "value": value,
+        }
+        for rec in records
+        for metric, values in (rec.get("curves") or {}).items()
+        for epoch, value in enumerate(values)
+    ]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)

@@ -1,0 +1,42 @@
+"""The family contract: how a task of one kind trains and is scored.
+
+A family is a function ``run(ctx) -> RunOutput`` registered in ``FAMILIES`` with the loss kinds it
+accepts (``accepts=("logits",)``); adapters let a family accept more than its native kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lossbench.registry import Registry
+
+Reporter = Callable[[int, int, Mapping[str, float]], None]
+"""(epoch done, epochs in all, live metrics) -> None; how a run shows progress."""
+
+
+@dataclass
+class RunContext:
+    """Everything one run needs: resolved task spec, the loss choice, seed, device, a reporter."""
+
+    spec: Mapping[str, Any]
+    loss: str
+    loss_params: Mapping[str, Any]
+    seed: int
+    device: torch.device
+    report: Reporter = lambda epoch, epochs, live: None
+
+
+@dataclass
+class RunOutput:
+    """What a finished run produced: final metrics, per-epoch curves, and run facts (noise...)."""
+
+    metrics: dict[str, float]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+FAMILIES: Registry[RunOutput] = Registry("task family")

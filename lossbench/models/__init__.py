@@ -1,0 +1,96 @@
+"""Models, registered by name. Context the engine supplies: ``in_shape`` (one example) and
+``out_dim`` (the head size the loss asks for: K logits, an embedding size, or a regression head)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from lossbench.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@MODELS.register("mlp")
+def mlp(
+    in_shape: tuple[int, ...], out_dim: int, hidden: int = 256, depth: int = 2, dropout: float = 0.0
+) -> nn.Module:
+    """Multi-layer perceptron with ReLU; input is flattened. For tabular sets such as digits."""
+    _check_positive(hidden=hidden, depth=depth)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(in_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+
+
+@MODELS.register("small-cnn")
+def small_cnn(in_shape: tuple[int, ...], out_dim: int, width: int = 64) -> nn.Module:
+    """A small fast VGG-style CNN (3 stages of conv-BN-ReLU, pooling): CIFAR in GPU-minutes."""
+    _check_positive(width=width)
+    c = in_shape[0]
+    return nn.Sequential(
+        *_conv_bn(c, width),
+        *_conv_bn(width, width),
+        nn.MaxPool2d(2),
+        *_conv_bn(width, 2 * width),
+        *_conv_bn(2 * width, 2 * width),
+        nn.MaxPool2d(2),
+        *_conv_bn(2 * width, 4 * width),
+        *_conv_bn(4 * width, 4 * width),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, out_dim),
+    )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.skip = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.act = nn.ReLU(True)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.act(self.body(x) + self.skip(x))
+
+
+@MODELS.register("resnet18")
+def resnet18(in_shape: tuple[int, ...], out_dim: int, width: int = 64) -> nn.Module:
+    """CIFAR ResNet-18 (He et al., CVPR 2016; 3x3 stem, no max-pool), the LDR paper's model."""
+    _check_positive(width=width)
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)
+    ]
+    c = width
+    for stage, stride in enumerate((1, 2, 2, 2)):
+        out = width * 2**stage
+        layers += [_BasicBlock(c, out, stride), _BasicBlock(out, out, 1)]
+        c = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, out_dim)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,1 @@
+"""Reports: everything here is computed from the tidy run table only."""
