@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from lossbench.engine.executors import run_local
 from lossbench.engine.grid import RunConfig, expand, parse_seeds
@@ -43,7 +43,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            errors.print(f"[bold red]error:[/] {err}", highlight=False)
+            errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -56,7 +56,8 @@ def list_losses(
 ) -> None:
     """Every loss: name, what it consumes, parameters with defaults, paper."""
     kinds = FAMILIES.get(family).tags["accepts"] if family else None
-    table = Table("loss", "consumes", "parameters (defaults)", "paper", title="losses")
+    table = Table(Column("loss", no_wrap=True), "consumes", "parameters (defaults)", "paper",
+                  title="losses")
     for entry in LOSSES:
         if kinds is None or entry.tags["consumes"] in kinds:
             params = ", ".join(p.describe() for p in entry.params) or "—"
@@ -78,8 +79,8 @@ def _budget_text(raw: dict[str, Any]) -> str:
 @user_errors
 def list_tasks() -> None:
     """Every task: family, dataset, noise, model, budgets."""
-    table = Table("task", "family", "dataset", "noise", "model", "budgets", "about",
-                  title="tasks")
+    table = Table(Column("task", no_wrap=True), "family", "dataset", "noise", "model", "budgets",
+                  "about", title="tasks")
     for name in task_names():
         raw = load_task(name)
         noise = raw.get("noise", {"kind": "none"})
@@ -128,9 +129,9 @@ def print_summary(runs: Any, title: str) -> None:
     for family in runs["family"].dropna().unique():
         metrics = list(FAMILIES.get(family).tags.get("summary", ()))
         summary = summarise(runs[runs["family"] == family], metrics)
-        table = Table("task", "loss", "params", "n", *metrics, title=f"{title} ({family})")
-        for row in summary.itertuples(index=False):
-            r = row._asdict()
+        table = Table(Column("task", no_wrap=True), Column("loss", no_wrap=True), "params", "n",
+                      *metrics, title=f"{title} ({family})")
+        for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
             table.add_row(r["task"], r["loss"], r["loss_params"] or "—", n, *cells)

@@ -106,6 +106,18 @@ class Entry(Generic[T]):
             raise UserError(f"{self.name}: {err}") from None
 
 
+PROBE_CONTEXT: dict[str, Any] = {"num_classes": 10, "num_train": 8, "embedding_dim": 16}
+"""Stand-in context used to check user parameters before any data is loaded."""
+
+
+def check_params(entry: Entry[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve ``values`` and build once with stand-in context so range errors surface up front."""
+    resolved = entry.resolve(values)
+    if all(c in PROBE_CONTEXT for c in entry.context):
+        entry.build(resolved, **PROBE_CONTEXT)
+    return resolved
+
+
 def _schema(factory: Callable[..., Any]) -> tuple[tuple[Param, ...], tuple[str, ...]]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     hints = typing.get_type_hints(target)

@@ -15,7 +15,7 @@ from typing import Any
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.losses import LOSSES
-from lossbench.registry import parse_spec
+from lossbench.registry import check_params, parse_spec
 from lossbench.spec import resolve_task
 
 
@@ -81,7 +81,7 @@ def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str
             consumes in kinds,
             f"loss '{name}' consumes {consumes} but a {family} task accepts {', '.join(kinds)}",
         )
-        out.append((name, entry.resolve(raw)))
+        out.append((name, check_params(entry, raw)))
     return out
 
 
@@ -99,7 +99,9 @@ def expand(
     for task in tasks:
         spec = resolve_task(task, budget, overrides)
         family = str(spec.get("family", ""))
-        FAMILIES.get(family)
+        check = FAMILIES.get(family).tags.get("check")
+        if check is not None:
+            check(spec)
         task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
         for name, params in expand_losses(losses, family):
             for seed in task_seeds:

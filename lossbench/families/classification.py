@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from lossbench.data.augment import crop_flip
-from lossbench.data.noise import apply_noise
+from lossbench.data.noise import apply_noise, check_noise
 from lossbench.data.sources import SOURCES, RawSplits, stratified_split
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
+from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
@@ -116,10 +117,24 @@ def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> 
     )
 
 
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Validate a resolved spec before any data is loaded, so mistakes surface before the grid."""
+    data = dict(spec["data"])
+    SOURCES.get(str(data.pop("source", ""))).resolve(data)
+    noise = dict(spec.get("noise", {"kind": "none"}))
+    check_noise(str(noise.pop("kind", "none")), noise)
+    model = dict(spec["model"])
+    MODELS.get(str(model.pop("name", ""))).resolve(model)
+    TrainConfig.from_spec(spec["train"])
+    fraction = float(spec.get("split", {}).get("val_fraction", 0.1))
+    require(0.0 < fraction < 1.0, f"split.val_fraction must be in (0, 1), got {fraction}")
+
+
 @FAMILIES.register(
     "classification",
     accepts=("logits",),
     summary=("test_top1", "test_top1@best_val", "test_ece"),
+    check=check_spec,
 )
 def run_classification(ctx: RunContext) -> RunOutput:
     """Train a classifier with a logits loss; clean-test top-1/top-5/ECE, last and best-by-val."""
