@@ -140,8 +140,8 @@ def _ref_ww(m: float) -> Ref:
 # (name, params, reference); several settings per loss. ALDR is tested separately (stateful).
 CASES: list[tuple[str, dict[str, Any], Ref]] = [
     ("ce", {}, _per_row(_ref_ce)),
-    ("ldr", {}, _ref_ldr(1.0, 0.1)),
-    ("ldr", {"lambda": 0.3, "margin": 0.5}, _ref_ldr(0.3, 0.5)),
+    ("ldr", {}, _ref_ldr(10.0, 0.1, "softplus-mean")),
+    ("ldr", {"lambda": 0.3, "margin": 0.5, "transform": "none"}, _ref_ldr(0.3, 0.5)),
     ("ldr", {"lambda": 2.0, "transform": "softplus-mean"}, _ref_ldr(2.0, 0.1, "softplus-mean")),
     ("gce", {}, _ref_gce(0.7)),
     ("gce", {"q": 0.2}, _ref_gce(0.2)),
@@ -311,12 +311,15 @@ def _d(z: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 def test_ldr_special_cases(k: int) -> None:
     z, y = logits(k, seed=4)
     close = torch.testing.assert_close
-    close(build("ldr", {"lambda": 1.0, "margin": 0.0})(z, y), _ce_t(z, y) - math.log(k))
-    small = build("ldr", {"lambda": 1e-3, "margin": 0.3})(z, y)
+    close(
+        build("ldr", {"lambda": 1.0, "margin": 0.0, "transform": "none"})(z, y),
+        _ce_t(z, y) - math.log(k),
+    )
+    small = build("ldr", {"lambda": 1e-3, "margin": 0.3, "transform": "none"})(z, y)
     # lambda -> 0: max-margin loss; the gap is in [0, lambda log K].
     gap = small - _d(z, y, 0.3).amax(dim=1)
     assert (gap <= 1e-12).all() and (gap >= -1e-3 * math.log(k) - 1e-12).all()
-    big = build("ldr", {"lambda": 1e6, "margin": 0.3})(z, y)
+    big = build("ldr", {"lambda": 1e6, "margin": 0.3, "transform": "none"})(z, y)
     close(big, _d(z, y, 0.3).mean(dim=1), rtol=0, atol=1e-4)
 
 
@@ -412,7 +415,9 @@ def _aldr_ref(
 @pytest.mark.parametrize("k", KS)
 def test_aldr_matches_reference_over_two_steps(k: int) -> None:
     lam0, alpha, c = 1.5, 3.0, 0.2
-    loss = build("aldr", {"lambda0": lam0, "alpha": alpha, "margin": c}, num_train=20)
+    loss = build(
+        "aldr", {"lambda0": lam0, "alpha": alpha, "margin": c, "transform": "none"}, num_train=20
+    )
     loss.double()
     index = torch.tensor([4, 0, 19, 7, 11, 2, 13])
     lam = np.full(N, lam0)
@@ -426,7 +431,7 @@ def test_aldr_matches_reference_over_two_steps(k: int) -> None:
 @pytest.mark.parametrize("k", KS)
 def test_aldr_state(k: int) -> None:
     lam0, alpha = 2.0, 1.5
-    loss = build("aldr", {"lambda0": lam0, "alpha": alpha}, num_train=30)
+    loss = build("aldr", {"lambda0": lam0, "alpha": alpha, "transform": "none"}, num_train=30)
     visited = torch.tensor([1, 5, 8, 13, 21, 22, 29])
     for seed in range(4):
         z, y = logits(k, seed=seed, scale=10.0 ** (seed - 1))  # flat to very peaked
@@ -440,7 +445,7 @@ def test_aldr_state(k: int) -> None:
     # Evaluation: lambda0 everywhere, no state change; equals LDR-KL(lambda0).
     before = loss.lambdas.clone()
     z, y = logits(k, seed=9)
-    ldr = build("ldr", {"lambda": lam0, "margin": 0.1})
+    ldr = build("ldr", {"lambda": lam0, "margin": 0.1, "transform": "none"})
     torch.testing.assert_close(loss(z, y), ldr(z, y))
     assert torch.equal(loss.lambdas, before)
 
@@ -448,7 +453,9 @@ def test_aldr_state(k: int) -> None:
 @pytest.mark.parametrize("k", KS)
 def test_aldr_equals_ldr_at_new_lambda_plus_constant(k: int) -> None:
     lam0, alpha, c = 1.0, 2.0, 0.1
-    loss = build("aldr", {"lambda0": lam0, "alpha": alpha, "margin": c}, num_train=N)
+    loss = build(
+        "aldr", {"lambda0": lam0, "alpha": alpha, "margin": c, "transform": "none"}, num_train=N
+    )
     index = torch.arange(N)
     z0, y = logits(k, seed=12)
     loss(z0, y, index=index)  # move lambda_i away from lambda0 first
@@ -457,7 +464,9 @@ def test_aldr_equals_ldr_at_new_lambda_plus_constant(k: int) -> None:
     lam = loss.lambdas.double()
     z2 = z.detach().clone().requires_grad_(True)
     rows = [
-        build("ldr", {"lambda": float(lam[i]), "margin": c})(z2[i : i + 1], y[i : i + 1])
+        build("ldr", {"lambda": float(lam[i]), "margin": c, "transform": "none"})(
+            z2[i : i + 1], y[i : i + 1]
+        )
         for i in range(N)
     ]
     ldr = torch.cat(rows)
@@ -475,7 +484,7 @@ def test_aldr_mean_abs_transform() -> None:
     z, y = logits(6, seed=14)
     got = build("aldr", {"transform": "mean-abs", "lambda0": 0.7})(z, y)
     zn = z / z.abs().mean(dim=1, keepdim=True)
-    torch.testing.assert_close(got, build("ldr", {"lambda": 0.7})(zn, y))
+    torch.testing.assert_close(got, build("ldr", {"lambda": 0.7, "transform": "none"})(zn, y))
 
 
 # ---------------------------------------------------------------------------------------------
