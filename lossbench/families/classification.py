@@ -86,7 +86,7 @@ def _normalise(raw: RawSplits, x: np.ndarray) -> torch.Tensor:
 
 
 def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> Splits:
-    """Source -> label noise on the whole training set -> stratified validation split -> device."""
+    """Source -> label noise on the whole training set -> fixed stratified val split -> device."""
     raw = load_raw(spec["data"])
     split = spec.get("split", {})
     noise = dict(spec.get("noise", {"kind": "none"}))
@@ -94,8 +94,11 @@ def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> 
     if kind == "asym" and "map" not in noise and "asym_map" in raw.meta:
         noise["map"] = raw.meta["asym_map"]  # the dataset's standard flip map
     y_noisy, report = apply_noise(raw.y_train, raw.num_classes, kind, noise, seed, raw.meta)
+    # The split is drawn on the clean labels with a fixed seed, so it is the same for every run
+    # seed and noise draw (runs differ only in noise, init and order; packed runs share inputs).
+    # Validation labels are the noisy ones: model selection never sees clean labels.
     train_idx, val_idx = stratified_split(
-        y_noisy, float(split.get("val_fraction", 0.1)), int(split.get("split_seed", 0))
+        raw.y_train, float(split.get("val_fraction", 0.1)), int(split.get("split_seed", 0))
     )
     limit = int(split.get("train_limit", 0))
     if limit:
