@@ -15,13 +15,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from lossbench.engine.executors import run_local
+from lossbench.engine.executors import EXECUTORS
 from lossbench.engine.grid import RunConfig, expand, parse_seeds
 from lossbench.engine.store import Store
 from lossbench.errors import UserError
 from lossbench.families import FAMILIES
 from lossbench.families.base import Reporter
 from lossbench.losses import LOSSES
+from lossbench.report import compare as compare_report
+from lossbench.report import gate as gate_report
+from lossbench.report import leaderboard as leaderboard_report
+from lossbench.report import plots as plots_report
+from lossbench.report.load import load_curves, load_runs
 from lossbench.report.summary import mean_std, summarise
 from lossbench.spec import BUDGETS, load_task, task_names
 
@@ -99,11 +104,14 @@ def _split_multi(values: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def _progress(total: int) -> Iterator[tuple[Progress, Callable[[RunConfig], Reporter]]]:
+def _progress(total: int) -> Iterator[tuple[Callable[[], None], Callable[[RunConfig], Reporter]]]:
+    """Rich progress: one bar for the grid, one for the epochs of the current run.
+
+    Yields ``advance`` (one run finished) and ``make_reporter`` (a per-run epoch reporter).
+    """
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=console,
-        transient=False,
     )
     with progress:
         grid = progress.add_task("grid", total=total, live="")
@@ -118,10 +126,8 @@ def _progress(total: int) -> Iterator[tuple[Progress, Callable[[RunConfig], Repo
 
             return report
 
-        yield progress, make_reporter
-        progress.update(grid, completed=total)
+        yield (lambda: progress.advance(grid)), make_reporter
         progress.update(epochs, visible=False)
-        _ = grid
 
 
 def print_summary(runs: Any, title: str) -> None:
@@ -151,9 +157,17 @@ def run(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     out: Annotated[Path, typer.Option(help="Output folder for records and tables.")] = DEFAULT_OUT,
     force: Annotated[bool, typer.Option(help="Re-run runs already finished.")] = False,
-    workers: Annotated[int, typer.Option(help="Local process-pool size.")] = 1,
+    workers: Annotated[int, typer.Option(help="Parallel runs (process pool / Ray CPUs).")] = 1,
+    executor: Annotated[str, typer.Option(help="local | ray")] = "local",
+    address: Annotated[str, typer.Option(help="Ray: local | auto | ray://host:port")] = "local",
+    gpus_per_run: Annotated[float, typer.Option(help="Ray: GPU fraction per run.")] = 0.0,
 ) -> None:
     """Run the loss x task x seed grid; resumes, skipping finished runs."""
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    options = {"address": address, "gpus_per_run": gpus_per_run} if executor == "ray" else {}
     configs = expand(loss, _split_multi(task), parse_seeds(seeds), budget, set_ or [])
     store = Store(out)
     done = set() if force else store.done_keys()
@@ -162,12 +176,12 @@ def run(
                   f" {len(todo)} to run → {out}")
     finished = 0
     try:
-        with _progress(len(todo)) as (progress, make_reporter):
-            grid_task = progress.task_ids[0]
-            for record in run_local(todo, device, workers, make_reporter if workers <= 1 else None):
+        with _progress(len(todo)) as (advance, make_reporter):
+            reporter = make_reporter if executor == "local" and workers <= 1 else None
+            for record in EXECUTORS[executor](todo, device, workers, reporter, **options):
                 store.write(record)
                 finished += 1
-                progress.advance(grid_task)
+                advance()
                 if record["status"] != "ok":
                     console.print(f"[yellow]{record['status']}[/]: {record['run_key']} "
                                   f"({record.get('reason', '')})", highlight=False)
@@ -219,6 +233,134 @@ def show(
         console.print(f"noise: {noise['kind']} requested {noise['requested_rate']:.3f}, realised "
                       f"{noise['realised_rate']:.3f}, labels hash {noise['labels_hash']}")
     console.print_json(json.dumps(cfg["spec"]))
+
+
+Results = Annotated[list[Path] | None, typer.Argument(
+    help="Results folders or runs tables (.parquet/.csv); default: results/runs.",
+    show_default=False)]
+Metric = Annotated[str | None, typer.Option(
+    help="Metric (default: each family's primary one, test_top1 for classification).")]
+By = Annotated[str, typer.Option(help="Columns of the comparison: task, noise_rate, budget, "
+                                      "family, source, ... (comma-separated).")]
+FORMATS = ("table", "md", "csv", "json")
+
+
+@app.command()
+@user_errors
+def compare(
+    results: Results = None,
+    metric: Metric = None,
+    by: By = "task",
+    baseline: Annotated[str | None, typer.Option(
+        help="Method to test the others against (default: ce when present).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
+) -> None:
+    """Methods x tasks: mean ± std, n, 95% CI, paired test vs a baseline, ranks."""
+    if format_ not in FORMATS:
+        raise UserError(f"unknown --format '{format_}'; accepted: {', '.join(FORMATS)}")
+    result = compare_report.compare(load_runs(results or [DEFAULT_OUT]), metric,
+                                    _split_multi([by]), baseline)
+    if format_ == "md":
+        sys.stdout.write(compare_report.markdown(result))
+    elif format_ == "csv":
+        compare_report.long_table(result).to_csv(sys.stdout, index=False)
+    elif format_ == "json":
+        sys.stdout.write(compare_report.long_table(result).to_json(orient="records", indent=1)
+                         + "\n")
+    else:
+        table = Table(Column("method", no_wrap=True),
+                      *[f"{s}\n{result.metrics[s]}" for s in result.settings], "avg rank",
+                      title="compare", show_lines=True)
+        for row in compare_report.grid(result):
+            table.add_row(*row)
+        console.print(table)
+        for note in compare_report.notes(result):
+            console.print(f"- {note}", highlight=False)
+
+
+@app.command()
+@user_errors
+def leaderboard(
+    results: Results = None,
+    metric: Metric = None,
+    out: Annotated[Path, typer.Option(help="Markdown file to write; - for stdout.")] = Path(
+        "results/LEADERBOARD.md"),
+) -> None:
+    """Markdown leaderboard: one table per task family, best bold, † = not significantly worse."""
+    text = leaderboard_report.leaderboard(load_runs(results or [DEFAULT_OUT]), metric)
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"leaderboard: {out}")
+
+
+@app.command()
+@user_errors
+def plot(
+    results: Results = None,
+    metric: Metric = None,
+    by: By = "task",
+    out: Annotated[Path, typer.Option(help="Folder for the PNG files.")] = Path("results/plots"),
+) -> None:
+    """PNGs: metric vs noise rate, learning curves, critical-difference diagram."""
+    plots_report.require_plotting()
+    paths = results or [DEFAULT_OUT]
+    written, skipped = plots_report.make_plots(load_runs(paths), load_curves(paths), out, metric,
+                                               _split_multi([by]))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    for note in skipped:
+        console.print(note, highlight=False)
+
+
+@app.command()
+@user_errors
+def gate(
+    results: Results = None,
+    baseline: Annotated[Path | None, typer.Option(help="Baseline CSV to check against.")] = None,
+    write_baseline: Annotated[Path | None, typer.Option(
+        help="Write the results' summary as a baseline CSV instead of checking.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Smallest allowed drop, metric units.")] = 1.0,
+    k: Annotated[float, typer.Option("--k", help="Allowed drop in seed stds.")] = 2.0,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Metric(s) to gate (default: all in the baseline; when writing: each family's "
+             "primary).")] = None,
+) -> None:
+    """CI gate: exit 1 when a result is worse than its baseline by more than max(tol, k·std)."""
+    runs = load_runs(results or [DEFAULT_OUT])
+    if write_baseline is not None:
+        if baseline is not None:
+            raise UserError("pass either --baseline (check) or --write-baseline (write), not both")
+        table = gate_report.summary_table(runs, metric or [])
+        write_baseline.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(write_baseline, index=False)
+        console.print(f"baseline: {len(table)} entries -> {write_baseline}", highlight=False)
+        return
+    if baseline is None:
+        raise UserError("pass --baseline PATH (or --write-baseline PATH to create one)")
+    result = gate_report.gate(gate_report.read_baseline(baseline), runs, tolerance, k,
+                              metric or [])
+    table = Table("task / loss / metric", "baseline", "new", "change", "allowed", "verdict",
+                  title=f"gate vs {baseline}", show_lines=True)
+    for _, r in result.rows.iterrows():
+        loss = r["loss"] + (f":{r['loss_params']}" if r["loss_params"] else "")
+        table.add_row(f"{r['task']}\n{loss}\n{r['metric']}",
+                      f"{mean_std(r['mean'], r['std'])}\nn={r['n']:g}",
+                      f"{mean_std(r['new_mean'], r['new_std'])}\nn={r['new_n']}",
+                      "—" if r["new_n"] == 0 else f"{r['change']:+.2f}", f"{r['allowed']:+.2f}",
+                      r["status"],
+                      style="" if r["status"] == gate_report.OK else "bold red")
+    console.print(table)
+    for failure in result.failures:
+        console.print(failure, highlight=False, soft_wrap=True, markup=False)
+    if not result.passed:
+        console.print(f"gate FAILED: {len(result.failures)} of {len(result.rows)} entries",
+                      highlight=False)
+        raise typer.Exit(1)
+    console.print(f"gate passed: {len(result.rows)} entries within max(tolerance {tolerance:g}, "
+                  f"{k:g} x std)", highlight=False)
 
 
 def main() -> None:

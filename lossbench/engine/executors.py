@@ -1,5 +1,6 @@
 """Executors run the grid's configs and hand each finished record back to the driver, which alone
-writes the store. ``local`` runs in-process (default) or in a process pool (``--workers N``)."""
+writes the store. ``local`` runs in-process (default) or in a process pool (``--workers N``);
+``ray`` sends each run to a Ray cluster as a task (optional extra ``lossbench[ray]``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,45 @@ def run_local(
         finally:
             for future in futures:
                 future.cancel()
+
+
+def run_ray(
+    configs: Sequence[RunConfig],
+    device: str,
+    workers: int = 1,
+    make_reporter: Callable[[RunConfig], Reporter] | None = None,
+    address: str = "local",
+    gpus_per_run: float = 0.0,
+) -> Iterator[Record]:
+    """Each run is a Ray task; records come back to the driver as tasks finish.
+
+    ``address``: ``local`` starts a private instance on this machine (``workers`` CPUs),
+    ``auto`` joins the running cluster, ``ray://host:port`` a remote one. ``gpus_per_run`` may
+    be fractional, so several small runs share one GPU.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'lossbench[ray]'") from None
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run)(_pool_worker)
+    pending = [remote.remote(cfg, device, 1) for cfg in configs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                if isinstance(err.cause, UserError):
+                    raise err.cause from None
+                raise
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+EXECUTORS: dict[str, Callable[..., Iterator[Record]]] = {"local": run_local, "ray": run_ray}
