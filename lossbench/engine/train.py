@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,20 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return ramp * SCHEDULES[cfg.schedule](step, total, cfg)
 
 
+def param_groups(model_params: Iterable[nn.Parameter], loss: nn.Module) -> list[dict[str, Any]]:
+    """Model and loss parameters; a loss may train its own (proxies) at ``lr_multiplier`` x lr."""
+    groups: list[dict[str, Any]] = [{"params": list(model_params), "lr_scale": 1.0}]
+    own = list(loss.parameters())
+    if own:
+        groups.append({"params": own, "lr_scale": float(getattr(loss, "lr_multiplier", 1.0))})
+    return groups
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and random: weights and any library randomness follow the run seed."""
     random.seed(seed)
@@ -161,8 +175,9 @@ class Trainer:
     step: int = 0
 
     def __post_init__(self) -> None:
-        params = [p for m in (self.model, self.loss) for p in m.parameters()]
-        self.optimizer = OPTIMIZERS[self.cfg.optimizer](params, self.cfg)
+        self.optimizer = OPTIMIZERS[self.cfg.optimizer](
+            param_groups(self.model.parameters(), self.loss), self.cfg
+        )
         self.total = self.steps_per_epoch * self.cfg.epochs
         self.use_amp = self.cfg.amp and self.device.type == "cuda"
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
@@ -187,8 +202,7 @@ class Trainer:
             xb = x[idx]
             if self.augment is not None:
                 xb = self.augment(xb, generator)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr * lr_factor(self.step, self.total, self.cfg)
+            set_lr(self.optimizer, self.cfg.lr * lr_factor(self.step, self.total, self.cfg))
             with self.autocast():
                 out = self.forward(xb)
             value = self.loss(out.float(), y[idx], index=idx).mean()

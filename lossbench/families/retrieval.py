@@ -1,0 +1,360 @@
+"""Retrieval (deep metric learning): train on some classes, retrieve among held-out classes.
+
+Protocol (Musgrave, Belongie, Lim, A Metric Learning Reality Check, ECCV 2020): the embedding
+size, the batch construction (P classes x m examples per batch) and the budget are fixed per
+task, the same for every loss. The test classes are disjoint from the training classes and are
+scored by exact cosine kNN (``lossbench.metrics_retrieval``). Model selection never looks at the
+test classes: a validation split of the *training* data -- held-out training classes
+(``split.val_by = "class"``) or held-out examples of them (``"example"``) -- picks the epoch with
+the best validation MAP@R; last-epoch and best-by-validation test metrics are both reported.
+
+Embedding losses get ``num_classes`` (training classes after the validation split) and
+``embedding_dim``. A logits loss trains through a cosine-classifier head owned by this family
+(``CosineHeadLoss``: ``scale * cos(emb, w_c)``, Zhai & Wu, BMVC 2019), so every classification
+loss also runs here; with ``ce`` this is exactly ``norm-softmax`` at ``T = 1 / head_scale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lossbench.data.augment import crop_flip
+from lossbench.data.samplers import pk_sampler
+from lossbench.data.sources import SOURCES, RawSplits, stratified_split
+from lossbench.engine.train import TrainConfig, Trainer, seed_everything
+from lossbench.errors import require
+from lossbench.families.base import FAMILIES, RunContext, RunOutput
+from lossbench.losses import LOSSES, Loss
+from lossbench.metrics_retrieval import retrieval_metrics
+from lossbench.models import MODELS
+from lossbench.registry import Entry
+
+C = TypeVar("C")
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Task-spec tables.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """``[retrieval]``: what is fixed per task for every loss."""
+
+    embedding_dim: int = 128
+    samples_per_class: int = 4
+    head_scale: float = 16.0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """``[split]``: the class split (sources without one) and the validation split."""
+
+    train_classes: tuple[int, ...] = ()
+    val_by: Literal["class", "example"] = "class"
+    val_fraction: float = 0.25
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``[eval]``: which Recall@K, and the memory bounds of the kNN evaluation."""
+
+    recall_at: tuple[int, ...] = (1, 2, 4, 8)
+    chunk_elements: int = 2**24
+    auc_bins: int = 20_000
+
+
+def _table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
+    """Build a config dataclass from ``spec[name]``; unknown keys are a UserError."""
+    table = dict(spec.get(name, {}))
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
+    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
+    for key, value in table.items():
+        if isinstance(value, list):
+            table[key] = tuple(value)
+    return cls(**table)
+
+
+def read_config(spec: Mapping[str, Any]) -> tuple[RetrievalConfig, SplitConfig, EvalConfig]:
+    """The three retrieval tables of a resolved spec, range-checked."""
+    ret = _table(RetrievalConfig, spec, "retrieval")
+    split = _table(SplitConfig, spec, "split")
+    ev = _table(EvalConfig, spec, "eval")
+    require(ret.embedding_dim >= 1, f"retrieval.embedding_dim must be >= 1, got "
+            f"{ret.embedding_dim}")
+    require(ret.samples_per_class >= 2, "retrieval.samples_per_class must be >= 2, got "
+            f"{ret.samples_per_class}")
+    require(ret.head_scale > 0, f"retrieval.head_scale must be > 0, got {ret.head_scale}")
+    require(split.val_by in ("class", "example"),
+            f"split.val_by must be class or example, got {split.val_by!r}")
+    require(0.0 < split.val_fraction < 1.0,
+            f"split.val_fraction must be in (0, 1), got {split.val_fraction}")
+    require(len(ev.recall_at) > 0 and all(k >= 1 for k in ev.recall_at),
+            f"eval.recall_at must be positive integers, got {list(ev.recall_at)}")
+    require(ev.chunk_elements >= 1 and ev.auc_bins >= 2,
+            "eval.chunk_elements must be >= 1 and eval.auc_bins >= 2")
+    return ret, split, ev
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Validate a resolved spec before any data is loaded."""
+    data = dict(spec["data"])
+    SOURCES.get(str(data.pop("source", ""))).resolve(data)
+    model = dict(spec["model"])
+    MODELS.get(str(model.pop("name", ""))).resolve(model)
+    cfg = TrainConfig.from_spec(spec["train"])
+    ret, _, _ = read_config(spec)
+    m = ret.samples_per_class
+    require(cfg.batch_size % m == 0 and cfg.batch_size // m >= 2,
+            f"train.batch_size ({cfg.batch_size}) must be a multiple of "
+            f"retrieval.samples_per_class ({m}) with at least 2 classes per batch")
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalData:
+    """Device tensors: train (labels 0..C-1), validation and test (any integer labels)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    view: View
+    image: bool
+    info: dict[str, Any]
+
+
+def class_split(raw: RawSplits, split: SplitConfig, source: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training and test classes: the source's own class-disjoint split, or ``train_classes``."""
+    if raw.meta.get("class_disjoint"):
+        require(not split.train_classes, f"source '{source}' has its own class split; "
+                "remove split.train_classes")
+        return raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    require(bool(split.train_classes), f"source '{source}' has no class-disjoint split; set "
+            "split.train_classes (a list of class ids to train on)")
+    x = np.concatenate([raw.x_train, raw.x_test])
+    y = np.concatenate([raw.y_train, raw.y_test])
+    present = set(np.unique(y).tolist())
+    absent = sorted(set(split.train_classes) - present)
+    require(not absent, f"split.train_classes lists {absent}, not classes of '{source}'; it has "
+            f"{sorted(present)}")
+    train = np.isin(y, split.train_classes)
+    require(bool((~train).any()), "split.train_classes leaves no test classes")
+    return x[train], y[train], x[~train], y[~train]
+
+
+def validation_split(y: np.ndarray, split: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) within the training classes: by class or by example."""
+    if split.val_by == "example":
+        return stratified_split(y, split.val_fraction, split.split_seed)
+    classes = np.unique(y)
+    n_val = max(1, round(split.val_fraction * len(classes)))
+    require(len(classes) - n_val >= 2, f"{len(classes)} training classes are too few to hold "
+            f"out {n_val} for validation; use split.val_by = \"example\"")
+    rng = np.random.default_rng(split.split_seed)
+    held = np.isin(y, rng.permutation(classes)[:n_val])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def _image_view(x_train: np.ndarray, device: torch.device, sample: int = 8192) -> View:
+    """uint8 images -> float, standardised per channel with training-set statistics."""
+    pick = x_train[np.linspace(0, len(x_train) - 1, min(sample, len(x_train))).astype(int)]
+    pixels = torch.as_tensor(pick, dtype=torch.float32) / 255.0
+    mean = pixels.mean(dim=(0, 2, 3), keepdim=True).to(device)
+    std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6).to(device)
+    return lambda x: (x.float() / 255.0 - mean) / std
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.device
+                 ) -> RetrievalData:
+    """Source -> class split -> validation split -> device (images stay uint8 until a batch)."""
+    data = dict(spec["data"])
+    source = str(data.pop("source", ""))
+    raw = SOURCES.get(source).build(data)
+    x_tr, y_tr, x_te, y_te = class_split(raw, split, source)
+    train_idx, val_idx = validation_split(y_tr, split)
+    y_train = np.unique(y_tr[train_idx], return_inverse=True)[1]
+    image = raw.kind == "image"
+    dtype = torch.uint8 if image else torch.float32
+
+    def put(x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=dtype).to(device)
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(y, dtype=torch.int64).to(device)
+
+    info = {
+        "num_train": len(train_idx), "num_val": len(val_idx), "num_test": len(y_te),
+        "train_classes": int(y_train.max()) + 1, "val_classes": len(np.unique(y_tr[val_idx])),
+        "test_classes": len(np.unique(y_te)), "val_by": split.val_by,
+        "origin": raw.meta.get("origin", source),
+    }
+    view = _image_view(x_tr[train_idx], device) if image else _identity
+    return RetrievalData(
+        put(x_tr[train_idx]), labels(y_train), put(x_tr[val_idx]), labels(y_tr[val_idx]),
+        put(x_te), labels(y_te), int(y_train.max()) + 1, view, image, info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Losses: embedding losses directly, logits losses through a cosine-classifier head.
+# --------------------------------------------------------------------------------------------
+
+
+class CosineHeadLoss(Loss):
+    """A logits loss on ``scale * cos(emb, w_c)``: the normalised-softmax head (Zhai & Wu, 2019).
+
+    The head's class weights [C, D] belong to this module, so the Trainer optimises them with
+    the model; retrieval still uses the embeddings, not the head.
+    """
+
+    consumes = "embeddings"
+
+    def __init__(self, inner: Loss, embedding_dim: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.normal_(self.weight, std=embedding_dim**-0.5)
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(output.to(torch.promote_types(output.dtype, torch.float32)), dim=1)
+        return self.scale * z @ F.normalize(self.weight.to(z.dtype), dim=1).T
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, *,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner(self.logits(output), target, index=index)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.inner.on_epoch_end(epoch)
+
+
+def _embedding_loss(entry: Entry[Loss], params: Mapping[str, Any], ret: RetrievalConfig,
+                    num_classes: int, num_train: int) -> Loss:
+    return entry.build(params, num_classes=num_classes, embedding_dim=ret.embedding_dim,
+                       num_train=num_train)
+
+
+def _logits_loss(entry: Entry[Loss], params: Mapping[str, Any], ret: RetrievalConfig,
+                 num_classes: int, num_train: int) -> Loss:
+    inner = entry.build(params, num_classes=num_classes, num_train=num_train)
+    return CosineHeadLoss(inner, ret.embedding_dim, num_classes, ret.head_scale)
+
+
+ADAPTERS: dict[str, Callable[..., Loss]] = {
+    "embeddings": _embedding_loss,
+    "logits": _logits_loss,
+}
+"""How a loss of each kind is trained here (the family's ``accepts``)."""
+
+
+def build_loss(name: str, params: Mapping[str, Any], ret: RetrievalConfig, num_classes: int,
+               num_train: int) -> Loss:
+    """The loss as the Trainer calls it: ``ADAPTERS`` by kind (the grid checked the kind)."""
+    entry = LOSSES.get(name)
+    return ADAPTERS[entry.tags["consumes"]](entry, params, ret, num_classes, num_train)
+
+
+# --------------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed(trainer: Trainer, x: torch.Tensor, view: View, batch_size: int = 1024
+          ) -> torch.Tensor:
+    """Embeddings of ``x`` in eval mode, float32."""
+    trainer.model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        with trainer.autocast():
+            outs.append(trainer.forward(view(x[start : start + batch_size])).float())
+    return torch.cat(outs)
+
+
+MAIN = ("recall@1", "map@r", "r_precision", "auc")
+"""Test metrics also reported at the best-validation epoch."""
+
+
+@FAMILIES.register(
+    "retrieval",
+    accepts=tuple(ADAPTERS),
+    summary=("test_recall@1", "test_map@r", "test_recall@1@best_val", "test_map@r@best_val",
+             "test_auc"),
+    check=check_spec,
+)
+def run_retrieval(ctx: RunContext) -> RunOutput:
+    """Train an embedding on training classes; Recall@K, MAP@R, AUC on held-out classes."""
+    spec = ctx.spec
+    ret, split, ev = read_config(spec)
+    cfg = TrainConfig.from_spec(spec["train"])
+    data = prepare_data(spec, split, ctx.device)
+
+    seed_everything(ctx.seed)
+    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
+    model = MODELS.get(spec["model"]["name"]).build(
+        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=ret.embedding_dim
+    ).to(ctx.device)
+    loss = build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
+                      len(data.x_train)).to(ctx.device)
+    view = data.view
+
+    def train_view(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        xb = xb.float()
+        return view(crop_flip(xb, generator) if cfg.augment else xb)
+
+    trainer = Trainer(model, loss, cfg, ctx.device, max(1, len(data.x_train) // cfg.batch_size),
+                      augment=train_view if data.image else None,
+                      sampler=pk_sampler(ret.samples_per_class))
+    generator = torch.Generator().manual_seed(ctx.seed)
+
+    def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return retrieval_metrics(embed(trainer, x, view), y, ev.recall_at, ev.chunk_elements,
+                                 ev.auc_bins)
+
+    curves: dict[str, list[float]] = {"train_loss": []}
+    for epoch in range(cfg.epochs):
+        train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
+        curves["train_loss"].append(train_loss)
+        for prefix, result in (("val", score(data.x_val, data.y_val)),
+                               ("test", score(data.x_test, data.y_test))):
+            for name, value in result.items():
+                curves.setdefault(f"{prefix}_{name}", []).append(value)
+        ctx.report(epoch + 1, cfg.epochs, {"loss": train_loss,
+                                           "val_map@r": curves["val_map@r"][-1],
+                                           "test_recall@1": curves["test_recall@1"][-1]})
+
+    best = int(np.argmax(curves["val_map@r"]))
+    metrics = {k: v[-1] for k, v in curves.items() if k.startswith("test_")}
+    metrics |= {f"test_{m}@best_val": curves[f"test_{m}"][best] for m in MAIN}
+    metrics |= {
+        "val_map@r": curves["val_map@r"][-1],
+        "val_recall@1": curves["val_recall@1"][-1],
+        "best_val_map@r": curves["val_map@r"][best],
+        "best_epoch": float(best + 1),
+        "train_loss": curves["train_loss"][-1],
+    }
+    return RunOutput(metrics, curves, data.info)
