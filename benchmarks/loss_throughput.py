@@ -1,0 +1,112 @@
+"""Loss throughput: forward+backward time of every loss vs a reference on the same inputs.
+
+References: torch's fused ``F.cross_entropy`` for logits losses, ``F.mse_loss`` for regression
+losses, and pytorch-metric-learning's implementation of the same loss for embedding losses where
+it has one (else plain CE on a cosine head). Prints median microseconds per call and the ratio.
+
+    python benchmarks/loss_throughput.py [--device cpu|cuda] [--n 4096] [--classes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from lossbench.losses import LOSSES
+
+PML_EQUIVALENT = {  # our name -> pytorch-metric-learning class name (default settings)
+    "ms": "MultiSimilarityLoss",
+    "contrastive": "ContrastiveLoss",
+    "triplet": "TripletMarginLoss",
+    "supcon": "SupConLoss",
+    "proxy-anchor": "ProxyAnchorLoss",
+    "arcface": "ArcFaceLoss",
+    "cosface": "CosFaceLoss",
+    "norm-softmax": "NormalizedSoftmaxLoss",
+}
+
+
+def time_call(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
+    """Median microseconds of ``fn().backward()``."""
+    for _ in range(3):
+        fn().backward()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times)
+
+
+def pml_reference(name: str, dim: int, classes: int, device: torch.device):  # type: ignore[no-untyped-def]
+    try:
+        from pytorch_metric_learning import losses as pml
+    except ImportError:
+        return None
+    cls = getattr(pml, PML_EQUIVALENT.get(name, ""), None)
+    if cls is None:
+        return None
+    try:
+        return cls(num_classes=classes, embedding_size=dim).to(device)
+    except TypeError:
+        return cls().to(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--emb-batch", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    n, k = args.n, args.classes
+    logits = torch.randn(n, k, generator=g).to(device).requires_grad_(True)
+    labels = torch.randint(0, k, (n,), generator=g).to(device)
+    index = torch.arange(n, device=device)
+    nb = args.emb_batch
+    emb = torch.randn(nb, args.dim, generator=g).to(device).requires_grad_(True)
+    emb_labels = torch.arange(nb // 8).repeat_interleave(8).to(device)
+    context = {"num_classes": k, "num_train": n, "embedding_dim": args.dim}
+
+    table = Table("loss", "consumes", "reference", "loss µs", "reference µs", "ratio",
+                  title=f"forward+backward, {device} (logits {n}x{k}; embeddings {nb}x{args.dim})")
+    ref_ce = time_call(lambda: F.cross_entropy(logits, labels), device, args.repeats)
+    for entry in LOSSES:
+        consumes = entry.tags["consumes"]
+        if consumes == "logits":
+            loss = entry.build({}, **context).to(device)
+            ours = time_call(lambda loss=loss: loss(logits, labels, index=index).mean(), device,
+                             args.repeats)
+            table.add_row(entry.name, consumes, "F.cross_entropy", f"{ours:.0f}", f"{ref_ce:.0f}",
+                          f"{ours / ref_ce:.2f}")
+        elif consumes == "embeddings":
+            ctx = context | {"num_classes": nb // 8}
+            loss = entry.build({}, **ctx).to(device)
+            ours = time_call(lambda loss=loss: loss(emb, emb_labels).mean(), device, args.repeats)
+            ref = pml_reference(entry.name, args.dim, nb // 8, device)
+            if ref is None:
+                table.add_row(entry.name, consumes, "— (no PML equivalent)", f"{ours:.0f}", "", "")
+                continue
+            theirs = time_call(lambda ref=ref: ref(emb, emb_labels), device, args.repeats)
+            table.add_row(entry.name, consumes, f"PML {type(ref).__name__}", f"{ours:.0f}",
+                          f"{theirs:.0f}", f"{ours / theirs:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Packed training: several runs of one task and budget trained as one batched computation.
+
+The members' weights are stacked (``torch.func.stack_module_state``) and the shared architecture
+is evaluated once with ``vmap`` over the member axis, so M small runs cost about one launch each
+step instead of M. Each member keeps its own data order, labels, loss (with its own state) and
+optimizer state: SGD and AdamW update every element independently, so one optimizer over the
+stacked tensors performs exactly the per-member updates, and gradients do not mix because the
+objective is a sum of per-member losses. BatchNorm keeps running statistics in place, which
+``vmap`` cannot batch, so models with BatchNorm are not packable (they run one by one).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from lossbench.engine.train import (
+    OPTIMIZERS,
+    Sampler,
+    TrainConfig,
+    batches,
+    lr_factor,
+    param_groups,
+    set_lr,
+)
+
+
+def packable(model: nn.Module) -> bool:
+    """True when the model has no BatchNorm (whose in-place running stats vmap cannot batch)."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class PackedTrainer:
+    """Trains M same-architecture models, each with its own loss, labels and data order."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        losses: Sequence[nn.Module],
+        cfg: TrainConfig,
+        device: torch.device,
+        steps_per_epoch: int,
+        sampler: Sampler = batches,
+    ) -> None:
+        if not all(packable(m) for m in models):
+            raise ValueError("models with BatchNorm cannot be packed")
+        params, buffers = stack_module_state(list(models))
+        self.params = {k: nn.Parameter(v.detach().to(device)) for k, v in params.items()}
+        self.buffers = {k: v.to(device) for k, v in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.losses = list(losses)
+        self.cfg = cfg
+        self.sampler = sampler
+        self.total = steps_per_epoch * cfg.epochs
+        self.step = 0
+        groups = [{"params": list(self.params.values()), "lr_scale": 1.0}]
+        for loss in losses:
+            groups += param_groups([], loss)[1:]
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [M, B, ...] -> outputs [M, B, ...]: member m's model on its own batch."""
+        return vmap(self._call)(self.params, self.buffers, x)
+
+    def epoch(
+        self,
+        x: torch.Tensor,
+        ys: Sequence[torch.Tensor],
+        generators: Sequence[torch.Generator],
+        epoch: int,
+    ) -> list[float]:
+        """One pass for every member over the shared inputs ``x`` with member labels ``ys``.
+
+        Returns each member's mean training loss (NaN or inf for a diverged member, whose
+        parameters are its own slice and cannot affect the others).
+        """
+        members = range(len(ys))
+        streams = [self.sampler(y.cpu(), self.cfg.batch_size, g) for y, g in zip(ys, generators,
+                                                                                  strict=True)]
+        totals = torch.zeros(len(ys), device=x.device)
+        count = 0
+        for step_batches in zip(*streams, strict=True):
+            idx = torch.stack(step_batches).to(x.device)
+            set_lr(self.optimizer, self.cfg.lr * lr_factor(self.step, self.total, self.cfg))
+            out = self.forward(x[idx]).float()
+            values = torch.stack([
+                self.losses[m](out[m], ys[m][idx[m]], index=idx[m]).mean() for m in members
+            ])
+            self.optimizer.zero_grad(set_to_none=True)
+            # A diverged member's NaN stays in its own slice; mask it so the sum stays usable.
+            torch.where(values.isfinite(), values, values.detach()).sum().backward()
+            self.optimizer.step()
+            totals += values.detach()
+            count += 1
+            self.step += 1
+        for loss in self.losses:
+            if hasattr(loss, "on_epoch_end"):
+                loss.on_epoch_end(epoch)
+        return [float(t) / max(count, 1) for t in totals]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Every member's outputs on the same inputs ``x``: [M, N, ...] in float32."""
+        members = next(iter(self.params.values())).shape[0]
+        outs = []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            outs.append(self.forward(chunk.expand(members, *chunk.shape)).float())
+        return torch.cat(outs, dim=1)
