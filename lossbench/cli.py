@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
@@ -48,7 +49,8 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False,
+                         soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -323,7 +325,8 @@ def gate(
     write_baseline: Annotated[Path | None, typer.Option(
         help="Write the results' summary as a baseline CSV instead of checking.")] = None,
     tolerance: Annotated[float, typer.Option(help="Smallest allowed drop, metric units.")] = 1.0,
-    k: Annotated[float, typer.Option("--k", help="Allowed drop in seed stds.")] = 2.0,
+    k: Annotated[float, typer.Option("--k", help="Allowed drop in seed stds (the larger of the "
+                                                 "baseline's and the new std).")] = 2.0,
     metric: Annotated[list[str] | None, typer.Option(
         help="Metric(s) to gate (default: all in the baseline; when writing: each family's "
              "primary).")] = None,

@@ -92,7 +92,14 @@ def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for rec in records:
         cfg = rec["config"]
-        noise = rec.get("info", {}).get("noise", {}) or {}
+        # Diverged/failed runs have no noise report: fall back to the requested noise in the spec,
+        # so they land in the right column of a noise sweep (realised rate unknown).
+        requested = cfg.get("spec", {}).get("noise") or {}
+        noise = (rec.get("info") or {}).get("noise") or {
+            "kind": requested.get("kind", "none"),
+            "requested_rate": requested.get("rate", 0.0),
+            "realised_rate": float("nan"),
+        }
         base = {
             "run_key": rec["run_key"], "task": cfg["task"], "family": cfg["family"],
             "budget": cfg["budget"], "loss": cfg["loss"],
