@@ -53,6 +53,7 @@ def test_ray_matches_in_process_and_resumes_local_work(tmp_path: Path, in_proces
 
 def test_bad_executor_options(tmp_path: Path) -> None:
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--executor", "slurm"])
-    assert result.exit_code == 2 and "unknown executor 'slurm'; accepted: local, ray" in result.output
+    assert result.exit_code == 2
+    assert "unknown executor 'slurm'; accepted: local, ray" in result.output
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--workers", "0"])
     assert result.exit_code == 2 and "--workers must be >= 1" in result.output
