@@ -194,8 +194,7 @@ class Trainer:
     ) -> float:
         """One pass; returns the mean training loss. Raises ``Diverged`` on a non-finite loss."""
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        count = 0
+        values: list[torch.Tensor] = []
         labels = y.cpu()
         for idx_cpu in self.sampler(labels, self.cfg.batch_size, generator):
             idx = idx_cpu.to(self.device, non_blocking=True)
@@ -209,10 +208,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             value.backward()
             self.optimizer.step()
-            total += value.detach()
-            count += 1
+            values.append(value.detach())
             self.step += 1
-        mean = float(total) / max(count, 1)
+        mean = float(torch.stack(values).mean()) if values else 0.0
         if not math.isfinite(mean):
             raise Diverged(f"non-finite training loss at epoch {epoch + 1}")
         if hasattr(self.loss, "on_epoch_end"):
