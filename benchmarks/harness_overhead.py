@@ -9,14 +9,12 @@ median seconds per epoch of each and their ratio (goal: <= 1.03). Run:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from timing import interleaved
 
 from lossbench.engine.train import TrainConfig, Trainer, batches
 from lossbench.losses import LOSSES
@@ -39,27 +37,6 @@ def minimal_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.T
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
-
-def once(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def interleaved(a: Callable[[], object], b: Callable[[], object], device: torch.device,
-                repeats: int) -> tuple[float, float]:
-    """Median times of ``a`` and ``b``, alternating so both see the same machine load."""
-    once(a, device), once(b, device)  # warm-up
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        times_a.append(once(a, device))
-        times_b.append(once(b, device))
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def bench(case: str, device: torch.device, repeats: int) -> tuple[float, float]:

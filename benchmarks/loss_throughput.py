@@ -10,14 +10,13 @@ it has one (else plain CE on a cosine head). Prints median microseconds per call
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from timing import interleaved
 
 from lossbench.losses import LOSSES
 
@@ -33,20 +32,24 @@ PML_EQUIVALENT = {  # our name -> pytorch-metric-learning class name (default se
 }
 
 
-def time_call(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    """Median microseconds of ``fn().backward()``."""
-    for _ in range(3):
+def backward_of(fn: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]
+                ) -> Callable[[], None]:
+    """A call of ``fn().backward()`` with the input grads cleared first."""
+
+    def step() -> None:
+        for x in inputs:
+            x.grad = None
         fn().backward()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
+
+    return step
+
+
+def compare(ours: Callable[[], torch.Tensor], ref: Callable[[], torch.Tensor],
+            inputs: tuple[torch.Tensor, ...], device: torch.device, repeats: int
+            ) -> tuple[float, float]:
+    """Median microseconds of ours and the reference, measured alternately."""
+    a, b = interleaved(backward_of(ours, inputs), backward_of(ref, inputs), device, repeats)
+    return 1e6 * a, 1e6 * b
 
 
 def pml_reference(name: str, dim: int, classes: int, device: torch.device):  # type: ignore[no-untyped-def]
@@ -85,24 +88,27 @@ def main() -> None:
 
     table = Table("loss", "consumes", "reference", "loss µs", "reference µs", "ratio",
                   title=f"forward+backward, {device} (logits {n}x{k}; embeddings {nb}x{args.dim})")
-    ref_ce = time_call(lambda: F.cross_entropy(logits, labels), device, args.repeats)
     for entry in LOSSES:
         consumes = entry.tags["consumes"]
         if consumes == "logits":
             loss = entry.build({}, **context).to(device)
-            ours = time_call(lambda loss=loss: loss(logits, labels, index=index).mean(), device,
-                             args.repeats)
-            table.add_row(entry.name, consumes, "F.cross_entropy", f"{ours:.0f}", f"{ref_ce:.0f}",
-                          f"{ours / ref_ce:.2f}")
+            ours, theirs = compare(lambda loss=loss: loss(logits, labels, index=index).mean(),
+                                   lambda: F.cross_entropy(logits, labels), (logits,), device,
+                                   args.repeats)
+            table.add_row(entry.name, consumes, "F.cross_entropy", f"{ours:.0f}",
+                          f"{theirs:.0f}", f"{ours / theirs:.2f}")
         elif consumes == "embeddings":
-            ctx = context | {"num_classes": nb // 8}
-            loss = entry.build({}, **ctx).to(device)
-            ours = time_call(lambda loss=loss: loss(emb, emb_labels).mean(), device, args.repeats)
+            loss = entry.build({}, **context | {"num_classes": nb // 8}).to(device)
             ref = pml_reference(entry.name, args.dim, nb // 8, device)
             if ref is None:
+                ours, _ = compare(lambda loss=loss: loss(emb, emb_labels).mean(),
+                                  lambda loss=loss: loss(emb, emb_labels).mean(), (emb,), device,
+                                  args.repeats)
                 table.add_row(entry.name, consumes, "— (no PML equivalent)", f"{ours:.0f}", "", "")
                 continue
-            theirs = time_call(lambda ref=ref: ref(emb, emb_labels), device, args.repeats)
+            ours, theirs = compare(lambda loss=loss: loss(emb, emb_labels).mean(),
+                                   lambda ref=ref: ref(emb, emb_labels), (emb,), device,
+                                   args.repeats)
             table.add_row(entry.name, consumes, f"PML {type(ref).__name__}", f"{ours:.0f}",
                           f"{theirs:.0f}", f"{ours / theirs:.2f}")
     Console().print(table)

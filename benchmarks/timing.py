@@ -1,0 +1,32 @@
+"""Shared timing helper for the benchmarks: alternate the two contenders so both see the same
+machine load (the benchmark machine is shared), and report medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(a: Callable[[], object], b: Callable[[], object], device: torch.device,
+                repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, run alternately after ``warmup`` calls of each."""
+    for _ in range(warmup):
+        once(a, device), once(b, device)
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(once(a, device))
+        times_b.append(once(b, device))
+    return statistics.median(times_a), statistics.median(times_b)
