@@ -133,6 +133,30 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     require(0.0 < fraction < 1.0, f"split.val_fraction must be in (0, 1), got {fraction}")
 
 
+CURVES = ("train_loss", "val_top1", "test_top1", "test_top5", "test_ece", "test_nll")
+
+
+def epoch_metrics(train_loss: float, val: Mapping[str, float], test: Mapping[str, float]
+                  ) -> dict[str, float]:
+    """One epoch's row of the curves: training loss, noisy-val top-1, clean-test metrics."""
+    return {"train_loss": train_loss, "val_top1": val["top1"]} | {
+        f"test_{name}": value for name, value in test.items()
+    }
+
+
+def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
+    """Per-epoch curves -> final metrics: last epoch, and the epoch with the best val top-1."""
+    best = int(np.argmax(curves["val_top1"]))
+    metrics = {f"test_{m}": curves[f"test_{m}"][-1] for m in ("top1", "top5", "ece", "nll")}
+    metrics |= {f"test_{m}@best_val": curves[f"test_{m}"][best] for m in ("top1", "top5", "ece")}
+    return metrics | {
+        "val_top1": curves["val_top1"][-1],
+        "best_val_top1": curves["val_top1"][best],
+        "best_epoch": float(best + 1),
+        "train_loss": curves["train_loss"][-1],
+    }
+
+
 @FAMILIES.register(
     "classification",
     accepts=("logits",),
@@ -159,26 +183,15 @@ def run_classification(ctx: RunContext) -> RunOutput:
                       augment=crop_flip if (cfg.augment and data.image) else None)
     generator = torch.Generator().manual_seed(ctx.seed)
     # Per-example ids index the (post-split) training set for stateful losses such as ALDR-KL.
-    curves: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_top1", "test_top1",
-                                                      "test_top5", "test_ece", "test_nll")}
+    curves: dict[str, list[float]] = {k: [] for k in CURVES}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
         val = classification_metrics(trainer.predict(data.x_val), data.y_val, bins)
         test = classification_metrics(trainer.predict(data.x_test), data.y_test, bins)
-        curves["train_loss"].append(train_loss)
-        curves["val_top1"].append(val["top1"])
-        for name, value in test.items():
-            curves[f"test_{name}"].append(value)
+        for name, value in epoch_metrics(train_loss, val, test).items():
+            curves[name].append(value)
         ctx.report(epoch + 1, cfg.epochs,
                    {"loss": train_loss, "val_top1": val["top1"], "test_top1": test["top1"]})
 
-    best = int(np.argmax(curves["val_top1"]))
-    metrics = {f"test_{m}": curves[f"test_{m}"][-1] for m in ("top1", "top5", "ece", "nll")}
-    metrics |= {f"test_{m}@best_val": curves[f"test_{m}"][best] for m in ("top1", "top5", "ece")}
-    metrics |= {
-        "val_top1": curves["val_top1"][-1],
-        "best_val_top1": curves["val_top1"][best],
-        "best_epoch": float(best + 1),
-        "train_loss": curves["train_loss"][-1],
-    }
-    return RunOutput(metrics, curves, {"noise": data.noise, "num_train": len(data.x_train)})
+    return RunOutput(final_metrics(curves), curves,
+                     {"noise": data.noise, "num_train": len(data.x_train)})
