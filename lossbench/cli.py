@@ -163,13 +163,20 @@ def run(
     executor: Annotated[str, typer.Option(help="local | ray")] = "local",
     address: Annotated[str, typer.Option(help="Ray: local | auto | ray://host:port")] = "local",
     gpus_per_run: Annotated[float, typer.Option(help="Ray: GPU fraction per run.")] = 0.0,
+    pack: Annotated[int, typer.Option(help="Train up to N runs of one task as one batched "
+                                      "computation (BatchNorm-free models).")] = 1,
 ) -> None:
     """Run the loss x task x seed grid; resumes, skipping finished runs."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    options = {"address": address, "gpus_per_run": gpus_per_run} if executor == "ray" else {}
+    if pack < 1:
+        raise UserError(f"--pack must be >= 1, got {pack}")
+    if executor == "ray":
+        options: dict[str, Any] = {"address": address, "gpus_per_run": gpus_per_run}
+    else:
+        options = {"pack": pack}
     configs = expand(loss, _split_multi(task), parse_seeds(seeds), budget, set_ or [])
     store = Store(out)
     done = set() if force else store.done_keys()

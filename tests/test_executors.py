@@ -57,3 +57,37 @@ def test_bad_executor_options(tmp_path: Path) -> None:
     assert "unknown executor 'slurm'; accepted: local, ray" in result.output
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--workers", "0"])
     assert result.exit_code == 2 and "--workers must be >= 1" in result.output
+
+
+def test_packed_runs_give_the_same_records(tmp_path: Path) -> None:
+    grid = ["run", "--loss", "ce", "--loss", "aldr", "--loss", "gce:q=0.5", "--task",
+            "digits-noisy", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1"]
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "6"])
+    assert result.exit_code == 0, result.output
+    records = Store(packed).records()
+    assert {r.get("packed") for r in records} == {6}
+    assert_same(metrics_by_key(packed), metrics_by_key(single))
+    curves = {r["run_key"]: r["curves"] for r in Store(single).records()}
+    for rec in records:
+        for name, values in rec["curves"].items():
+            assert values == pytest.approx(curves[rec["run_key"]][name], abs=1e-4)
+
+
+def test_unpackable_groups_fall_back_to_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lossbench.engine import executors
+    from lossbench.families import classification_packed
+
+    calls = []
+    real = executors.run_one
+    monkeypatch.setattr(executors, "run_one", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(classification_packed, "packable", lambda model: False)  # as with BN
+    grid = ["run", "--loss", "ce", "--task", "digits-noisy", "--budget", "smoke", "--device",
+            "cpu", "--seeds", "0,1", "--pack", "2", "--out", str(tmp_path)]
+    result = runner.invoke(app, grid)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2
+    assert {r["status"] for r in Store(tmp_path).records()} == {"ok"}

@@ -4,6 +4,7 @@ writes the store. ``local`` runs in-process (default) or in a process pool (``--
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -15,13 +16,37 @@ from typing import Any
 import torch
 
 from lossbench.engine.grid import RunConfig
+from lossbench.engine.packed import PACKED_RUNNERS, NotPackable
 from lossbench.engine.provenance import device_name, git_commit, now, versions
 from lossbench.engine.train import Diverged, resolve_device
 from lossbench.errors import UserError
-from lossbench.families import FAMILIES, RunContext
+from lossbench.families import FAMILIES, RunContext, RunOutput
 from lossbench.families.base import Reporter
 
 Record = dict[str, Any]
+
+
+def _record(cfg: RunConfig, dev: torch.device) -> Record:
+    return {
+        "run_key": cfg.key, "config": asdict(cfg), "device": device_name(dev),
+        "versions": versions(), "git_commit": git_commit(), "started_at": now(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _outcome(record: Record, outcome: RunOutput | Exception, wall_s: float) -> Record:
+    """Fill a record from what the run produced: outputs, divergence, or a crash."""
+    if isinstance(outcome, RunOutput):
+        record |= {"status": "ok", "metrics": outcome.metrics, "curves": outcome.curves,
+                   "info": outcome.info}
+    elif isinstance(outcome, Diverged):
+        record |= {"status": "diverged", "reason": str(outcome), "metrics": {}}
+    else:
+        record |= {
+            "status": "failed", "reason": f"{type(outcome).__name__}: {outcome}", "metrics": {},
+            "traceback": "".join(traceback.format_exception(outcome, limit=8)),
+        }
+    return record | {"wall_s": round(wall_s, 3), "finished_at": now()}
 
 
 def run_one(cfg: RunConfig, device: str, report: Reporter | None = None) -> Record:
@@ -30,31 +55,53 @@ def run_one(cfg: RunConfig, device: str, report: Reporter | None = None) -> Reco
     ctx = RunContext(cfg.spec, cfg.loss, cfg.loss_params, cfg.seed, dev)
     if report is not None:
         ctx.report = report
+    record = _record(cfg, dev)
     start = time.perf_counter()
-    record: Record = {
-        "run_key": cfg.key, "config": asdict(cfg), "device": device_name(dev),
-        "versions": versions(), "git_commit": git_commit(), "started_at": now(),
-        "torch_threads": torch.get_num_threads(),
-    }
+    outcome: RunOutput | Exception
     try:
-        out = FAMILIES.get(cfg.family).factory(ctx)
-        record |= {"status": "ok", "metrics": out.metrics, "curves": out.curves, "info": out.info}
-    except Diverged as err:
-        record |= {"status": "diverged", "reason": str(err), "metrics": {}}
+        outcome = FAMILIES.get(cfg.family).factory(ctx)
     except UserError:
         raise
-    except Exception as err:  # a crash in one run must not take the grid down
-        record |= {
-            "status": "failed", "reason": f"{type(err).__name__}: {err}", "metrics": {},
-            "traceback": traceback.format_exc(limit=8),
-        }
-    record |= {"wall_s": round(time.perf_counter() - start, 3), "finished_at": now()}
-    return record
+    except Exception as err:  # divergence or a crash ends this run, not the grid
+        outcome = err
+    return _outcome(record, outcome, time.perf_counter() - start)
 
 
-def _pool_worker(cfg: RunConfig, device: str, threads: int) -> Record:
+def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
+    """Runs of one task and budget, packed into one computation when the family and model allow
+    it, else one by one. Each packed record's wall time is the group's time divided evenly."""
+    runner = PACKED_RUNNERS.get(group[0].family)
+    if len(group) == 1 or runner is None:
+        return [run_one(cfg, device) for cfg in group]
+    dev = resolve_device(device)
+    records = [_record(cfg, dev) for cfg in group]
+    ctxs = [RunContext(c.spec, c.loss, c.loss_params, c.seed, dev) for c in group]
+    start = time.perf_counter()
+    try:
+        outcomes: list[RunOutput | Exception] = list(runner(ctxs))
+    except NotPackable:
+        return [run_one(cfg, device) for cfg in group]
+    except UserError:
+        raise
+    except Exception as err:
+        outcomes = [err] * len(group)
+    share = (time.perf_counter() - start) / len(group)
+    return [_outcome(r, o, share) | {"packed": len(group)}
+            for r, o in zip(records, outcomes, strict=True)]
+
+
+def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]]:
+    """Consecutive groups of at most ``pack`` runs sharing family, task, budget and spec."""
+    by_spec: dict[str, list[RunConfig]] = {}
+    for cfg in configs:
+        key = json.dumps([cfg.family, cfg.spec], sort_keys=True, default=str)
+        by_spec.setdefault(key, []).append(cfg)
+    return [runs[i : i + pack] for runs in by_spec.values() for i in range(0, len(runs), pack)]
+
+
+def _pool_worker(group: Sequence[RunConfig], device: str, threads: int) -> list[Record]:
     torch.set_num_threads(threads)
-    return run_one(cfg, device)
+    return run_group(group, device)
 
 
 def run_local(
@@ -62,18 +109,26 @@ def run_local(
     device: str,
     workers: int = 1,
     make_reporter: Callable[[RunConfig], Reporter] | None = None,
+    pack: int = 1,
 ) -> Iterator[Record]:
-    """Yield records as runs finish: in-process for one worker, else a spawn process pool."""
+    """Yield records as runs finish: in-process for one worker, else a spawn process pool.
+
+    ``pack > 1`` trains up to that many runs of one task and budget as one packed computation.
+    """
+    groups = pack_groups(configs, pack) if pack > 1 else [[cfg] for cfg in configs]
     if workers <= 1:
-        for cfg in configs:
-            yield run_one(cfg, device, make_reporter(cfg) if make_reporter else None)
+        for group in groups:
+            if len(group) == 1:
+                yield run_one(group[0], device, make_reporter(group[0]) if make_reporter else None)
+            else:
+                yield from run_group(group, device)
         return
     threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_pool_worker, cfg, device, threads) for cfg in configs]
+        futures = [pool.submit(_pool_worker, group, device, threads) for group in groups]
         try:
             for future in as_completed(futures):
-                yield future.result()
+                yield from future.result()
         finally:
             for future in futures:
                 future.cancel()
@@ -103,12 +158,12 @@ def run_ray(
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run)(_pool_worker)
-    pending = [remote.remote(cfg, device, 1) for cfg in configs]
+    pending = [remote.remote([cfg], device, 1) for cfg in configs]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
-                yield ray.get(done[0])
+                yield from ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
                 if isinstance(err.cause, UserError):
                     raise err.cause from None

@@ -12,7 +12,8 @@ objective is a sum of per-member losses. BatchNorm keeps running statistics in p
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,14 @@ from lossbench.engine.train import (
     param_groups,
     set_lr,
 )
+
+
+class NotPackable(Exception):
+    """These runs cannot share one packed computation; the executor runs them one by one."""
+
+
+PACKED_RUNNERS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {}
+"""family name -> runner(contexts) -> one RunOutput or Diverged per context (filled by families)."""
 
 
 def packable(model: nn.Module) -> bool:

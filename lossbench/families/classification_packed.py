@@ -1,0 +1,85 @@
+"""Packed classification: the runs of one task and budget (seeds, losses with the same head)
+trained together by ``PackedTrainer``, producing the same records as running them one by one.
+
+Members share the inputs (the train/val split is fixed across seeds) and differ in noisy labels,
+initialisation, data order and loss. Not packable (falls back to one-by-one): models with
+BatchNorm, and on-device augmentation (each member would need its own crops).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from lossbench.engine.packed import PACKED_RUNNERS, NotPackable, PackedTrainer, packable
+from lossbench.engine.train import Diverged, TrainConfig, seed_everything
+from lossbench.families.base import RunContext, RunOutput
+from lossbench.families.classification import (
+    CURVES,
+    classification_metrics,
+    epoch_metrics,
+    final_metrics,
+    prepare_splits,
+)
+from lossbench.losses import LOSSES
+from lossbench.models import MODELS
+
+
+def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
+    """Train every context's run in one packed computation; one outcome per context."""
+    spec, device = ctxs[0].spec, ctxs[0].device
+    cfg = TrainConfig.from_spec(spec["train"])
+    bins = int(spec.get("eval", {}).get("ece_bins", 15))
+    datas, models, losses = [], [], []
+    for ctx in ctxs:  # the same order of RNG use as a single run: data, seed, model, loss
+        data = prepare_splits(spec, ctx.seed, device)
+        if cfg.augment and data.image:
+            raise NotPackable("on-device augmentation")
+        seed_everything(ctx.seed)
+        model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
+        model = MODELS.get(spec["model"]["name"]).build(
+            model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=data.num_classes
+        )
+        if not packable(model):
+            raise NotPackable("BatchNorm in the model")
+        datas.append(data)
+        models.append(model.to(device))
+        losses.append(LOSSES.get(ctx.loss).build(
+            ctx.loss_params, num_classes=data.num_classes, num_train=len(data.x_train)
+        ).to(device))
+    shared = datas[0]
+    if not all(torch.equal(d.x_train, shared.x_train) for d in datas[1:]):
+        raise NotPackable("members see different training inputs")
+
+    steps = max(1, len(shared.x_train) // cfg.batch_size)
+    trainer = PackedTrainer(models, losses, cfg, device, steps)
+    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
+    ys = [d.y_train for d in datas]
+    curves: list[dict[str, list[float]]] = [{k: [] for k in CURVES} for _ in ctxs]
+    outcomes: list[RunOutput | Diverged | None] = [None] * len(ctxs)
+    for epoch in range(cfg.epochs):
+        train_losses = trainer.epoch(shared.x_train, ys, generators, epoch)
+        val_out = trainer.predict(shared.x_val)
+        test_out = trainer.predict(shared.x_test)
+        for m, data in enumerate(datas):
+            if outcomes[m] is not None:
+                continue
+            if not math.isfinite(train_losses[m]):
+                outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
+                continue
+            val = classification_metrics(val_out[m], data.y_val, bins)
+            test = classification_metrics(test_out[m], data.y_test, bins)
+            for name, value in epoch_metrics(train_losses[m], val, test).items():
+                curves[m][name].append(value)
+    return [
+        outcome if outcome is not None else RunOutput(
+            final_metrics(curves[m]), curves[m],
+            {"noise": datas[m].noise, "num_train": len(datas[m].x_train), "packed": len(ctxs)},
+        )
+        for m, outcome in enumerate(outcomes)
+    ]
+
+
+PACKED_RUNNERS["classification"] = run_classification_packed
