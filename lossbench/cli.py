@@ -135,8 +135,10 @@ def _progress(total: int) -> Iterator[tuple[Callable[[], None], Callable[[RunCon
 def print_summary(runs: Any, title: str) -> None:
     """A Rich table of mean ± std per task x loss for each family's summary metrics."""
     for family in runs["family"].dropna().unique():
-        metrics = list(FAMILIES.get(family).tags.get("summary", ()))
-        summary = summarise(runs[runs["family"] == family], metrics)
+        rows = runs[runs["family"] == family]
+        present = set(rows["metric"].dropna())
+        metrics = [m for m in FAMILIES.get(family).tags.get("summary", ()) if m in present]
+        summary = summarise(rows, metrics)
         table = Table(Column("task", no_wrap=True), Column("loss", no_wrap=True), "params", "n",
                       *metrics, title=f"{title} ({family})")
         for r in summary.to_dict("records"):

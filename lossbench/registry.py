@@ -106,7 +106,9 @@ class Entry(Generic[T]):
             raise UserError(f"{self.name}: {err}") from None
 
 
-PROBE_CONTEXT: dict[str, Any] = {"num_classes": 10, "num_train": 8, "embedding_dim": 16}
+PROBE_CONTEXT: dict[str, Any] = {
+    "num_classes": 10, "num_train": 8, "embedding_dim": 16, "shots": 1, "temperature": 1.0,
+}
 """Stand-in context used to check user parameters before any data is loaded."""
 
 

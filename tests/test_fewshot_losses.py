@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -10,6 +12,16 @@ from lossbench.errors import UserError
 from lossbench.families.fewshot import PrototypeLogitsLoss
 from lossbench.losses import LOSSES
 from lossbench.losses.fewshot import icnn_score, split_episode
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """Tiny models run fastest on one thread; two threads on a shared two-core machine can be
+    20x slower (OpenMP oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # ---------------------------------------------------------------------------------------------
 # Episodes and references.

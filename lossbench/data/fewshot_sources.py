@@ -226,10 +226,10 @@ def _image_files(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg"))
 
 
-def _first_folder(root: Path | None, subdirs: Sequence[str], found: Callable[[Path], bool]
+def _first_folder(root: Path, subdirs: Sequence[str], found: Callable[[Path], bool]
                   ) -> Path | None:
     """``root`` or one of ``root/<subdir>`` for which ``found`` holds, else None."""
-    if root is None or not root.is_dir():
+    if not root.is_dir():
         return None
     for cand in (root, *(root / s for s in subdirs)):
         if found(cand):
@@ -288,16 +288,14 @@ def omniglot(dir: str = "", image_size: int = 28, val_alphabets: int = 5, split_
     require(image_size >= 8, f"data.image_size must be >= 8, got {image_size}")
     require(val_alphabets >= 1, f"data.val_alphabets must be >= 1, got {val_alphabets}")
     subdirs = ("python", "omniglot", "omniglot/python", "omniglot-master/python")
-    root = Path(dir).expanduser() if dir else None
-    folder = _first_folder(root, subdirs, _is_omniglot)
-    if dir:
-        require(folder is not None, f"data.dir={dir} holds no images_background/ and "
-                f"images_evaluation/ folders; unzip them from {OMNIGLOT_URL}")
-    else:
-        folder = _first_folder(SHARED_DATA, subdirs, _is_omniglot)
-    require(folder is not None, "Omniglot not found: pass --set data.dir=<folder with "
-            f"images_background/ and images_evaluation/> (unzipped from {OMNIGLOT_URL})")
-    assert folder is not None
+    folder = _first_folder(Path(dir).expanduser() if dir else SHARED_DATA, subdirs, _is_omniglot)
+    if folder is None and dir:
+        raise UserError(f"data.dir={dir} holds no images_background/ and images_evaluation/ "
+                        f"folders; unzip them from {OMNIGLOT_URL}")
+    if folder is None:
+        raise UserError("Omniglot not found: pass --set data.dir=<folder with "
+                        f"images_background/ and images_evaluation/> (unzipped from "
+                        f"{OMNIGLOT_URL})")
     return _load_omniglot(folder, image_size, val_alphabets, split_seed)
 
 

@@ -133,6 +133,9 @@ def read_config(spec: Mapping[str, Any]) -> tuple[FewshotConfig, SplitConfig, Ev
     require(ev.test_episodes >= 2 and ev.val_episodes >= 2,
             "eval.test_episodes and eval.val_episodes must be >= 2")
     CLASS_SPLITS.get(split.scheme)
+    require(split.scheme == "explicit" or not (split.base or split.val or split.novel),
+            f"split.base / split.val / split.novel apply to split.scheme = \"explicit\" only "
+            f"(got \"{split.scheme}\")")
     if split.scheme == "explicit":
         require(len(split.base) >= fs.train_ways, f"fewshot.train_ways={fs.train_ways} exceeds "
                 f"the {len(split.base)} base classes in split.base")
@@ -176,14 +179,16 @@ class FewshotData:
 
 
 def pooled(raw: RawSplits) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a source (train and test pooled): few-shot re-splits them by class."""
+    """All examples of a source (train and test pooled): few-shot re-splits them by class."""
+    if len(raw.x_test) == 0:  # few-shot sources hold everything in x_train: no copy
+        return raw.x_train, raw.y_train
     return np.concatenate([raw.x_train, raw.x_test]), np.concatenate([raw.y_train, raw.y_test])
 
 
 def class_split(raw: RawSplits, split: SplitConfig, source: str) -> ClassSplit:
     """The split rule's class groups, checked against the classes the data holds."""
     groups = CLASS_SPLITS.get(split.scheme).build({}, raw=raw, split=split)
-    groups.check(np.unique(pooled(raw)[1]), source)
+    groups.check(np.unique(np.concatenate([raw.y_train, raw.y_test])), source)
     return groups
 
 
@@ -209,22 +214,22 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
     groups = class_split(raw, split, source)
     x, y = pooled(raw)
     masks = [np.isin(y, g) for g in (groups.base, groups.val, groups.novel)]
+    (xb, yb), (xv, yv), (xn, yn) = ((x[m], y[m]) for m in masks)
     image = raw.kind == "image"
     dtype = torch.uint8 if image else torch.float32
 
-    def put(mask: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x[mask], dtype=dtype).to(device)
+    def put(part: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(part, dtype=dtype).to(device)
 
-    y_base = np.searchsorted(groups.base, y[masks[0]])
+    y_base = torch.as_tensor(np.searchsorted(groups.base, yb), dtype=torch.int64).to(device)
     info = {
         "origin": raw.meta.get("origin", source), "scheme": split.scheme,
         "base_classes": len(groups.base), "val_classes": len(groups.val),
-        "novel_classes": len(groups.novel), "num_base": int(masks[0].sum()),
-        "num_val": int(masks[1].sum()), "num_novel": int(masks[2].sum()),
+        "novel_classes": len(groups.novel), "num_base": len(yb), "num_val": len(yv),
+        "num_novel": len(yn),
     }
-    view = _image_view(x[masks[0]], device) if image else _identity
-    return FewshotData(put(masks[0]), torch.as_tensor(y_base, dtype=torch.int64).to(device),
-                       put(masks[1]), y[masks[1]], put(masks[2]), y[masks[2]], view, image, info)
+    view = _image_view(xb, device) if image else _identity
+    return FewshotData(put(xb), y_base, put(xv), yv, put(xn), yn, view, image, info)
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class ProtoTriplet(Loss):
         dist = squared.clamp_min(1e-12).sqrt()
         own = F.one_hot(ep.query_labels, len(ep.prototypes)).bool()
         positive = dist[own]
-        negative = dist.masked_fill(own, math.inf).amax(dim=1).clamp_max(1e9)
+        negative = dist.masked_fill(own, math.inf).amin(dim=1)
         triplet = F.relu(positive - negative + self.margin)
         ce = F.cross_entropy(-squared / self.temperature, ep.query_labels, reduction="none")
         return _mix(ce, triplet, self.ce_weight)
