@@ -59,13 +59,18 @@ def _margin_diffs(z: Tensor, target: Tensor, margin: float) -> Tensor:
     return margin * not_y + z - _true_logit(z, target).unsqueeze(1)
 
 
-def _ldr_kl(d: Tensor, lam: Tensor | float) -> Tensor:
-    """``lam * log((1/K) sum_k exp(d_k / lam))`` via logsumexp; ``lam`` scalar or [N]."""
+def _ldr_kl(z: Tensor, target: Tensor, margin: float, lam: Tensor | float) -> Tensor:
+    """``lam * log((1/K) sum_k exp(d_k / lam))`` with ``d_k = margin*1[k!=y] + z_k - z_y``.
+
+    Computed as ``lam * CE(w, y) - lam log K`` with ``w = (z + margin*1[k!=y]) / lam``: the same
+    function (``w_y = z_y / lam``), evaluated by torch's fused cross-entropy kernel.
+    """
     if isinstance(lam, Tensor):
         lam = lam.unsqueeze(1)
-    k = d.shape[1]
-    out = lam * (torch.logsumexp(d / lam, dim=1, keepdim=True) - math.log(k))
-    return out.squeeze(1)
+    not_y = torch.ones_like(z).scatter_(1, target.long().unsqueeze(1), 0.0)
+    w = (z + margin * not_y) / lam
+    lam_n = lam.squeeze(1) if isinstance(lam, Tensor) else lam
+    return lam_n * (F.cross_entropy(w, target.long(), reduction="none") - math.log(z.shape[1]))
 
 
 def _nce(z: Tensor, target: Tensor) -> Tensor:
@@ -166,7 +171,7 @@ class LDRKL(Loss):
 
     def forward(self, output: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
         z = _transform(_as_float(output), self.transform)
-        return _ldr_kl(_margin_diffs(z, target, self.margin), self.lam)
+        return _ldr_kl(z, target, self.margin, self.lam)
 
 
 @LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)")
@@ -220,9 +225,8 @@ class ALDRKL(Loss):
 
     def forward(self, output: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
         z = _transform(_as_float(output), self.transform)
-        d = _margin_diffs(z, target, self.margin)
         if index is None:
-            return _ldr_kl(d, self.lambda0)
+            return _ldr_kl(z, target, self.margin, self.lambda0)
         ids = index.to(self.lambdas.device).long()
         log_k = math.log(z.shape[1])
         with torch.no_grad():
@@ -233,7 +237,7 @@ class ALDRKL(Loss):
             lam = self.lambda0 * (1.0 - kl / (self.alpha * log_k))
             self.lambdas[ids] = lam.to(self.lambdas.dtype).to(self.lambdas.device)
         penalty = self.alpha * log_k / (2.0 * self.lambda0) * (lam - self.lambda0) ** 2
-        return _ldr_kl(d, lam) - penalty
+        return _ldr_kl(z, target, self.margin, lam) - penalty
 
 
 @LOSSES.register(
