@@ -23,7 +23,7 @@ def metrics_by_key(out: Path) -> dict[str, dict[str, float]]:
 def assert_same(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        assert a[key] == pytest.approx(b[key], abs=1e-6)
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -59,10 +59,19 @@ def test_crop_flip_matches_naive_per_image_reference() -> None:
         torch.testing.assert_close(out[i], ref)
 
 
-@pytest.mark.parametrize(("name", "shape"), [("mlp", (64,)), ("small-cnn", (3, 32, 32)),
-                                              ("resnet18", (3, 32, 32))])
-def test_models_produce_head_of_requested_size(name: str, shape: tuple[int, ...]) -> None:
-    model = MODELS.get(name).build({"width": 8} if name != "mlp" else {}, in_shape=shape, out_dim=7)
+@pytest.mark.parametrize(
+    ("name", "params", "shape"),
+    [
+        ("mlp", {}, (64,)),
+        ("small-cnn", {"width": 8}, (3, 32, 32)),
+        ("airbench", {"widths": "8,16,16", "stem": 4}, (3, 32, 32)),
+        ("resnet18", {"width": 8}, (3, 32, 32)),
+    ],
+)
+def test_models_produce_head_of_requested_size(
+    name: str, params: dict, shape: tuple[int, ...]
+) -> None:
+    model = MODELS.get(name).build(params, in_shape=shape, out_dim=7)
     assert model(torch.randn(2, *shape)).shape == (2, 7)
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     amp: bool = True
     compile: bool = False
+    channels_last: bool = True
     augment: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -180,6 +181,9 @@ class Trainer:
         )
         self.total = self.steps_per_epoch * self.cfg.epochs
         self.use_amp = self.cfg.amp and self.device.type == "cuda"
+        self.channels_last = self.cfg.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if self.cfg.compile and self.device.type == "cuda":
             self.forward = torch.compile(self.model)  # type: ignore[assignment]
@@ -201,6 +205,8 @@ class Trainer:
             xb = x[idx]
             if self.augment is not None:
                 xb = self.augment(xb, generator)
+            if self.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             set_lr(self.optimizer, self.cfg.lr * lr_factor(self.step, self.total, self.cfg))
             with self.autocast():
                 out = self.forward(xb)

@@ -94,3 +94,44 @@ def resnet18(in_shape: tuple[int, ...], out_dim: int, width: int = 64) -> nn.Mod
         c = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, out_dim)]
     return nn.Sequential(*layers)
+
+
+def _airbench_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2),
+        nn.BatchNorm2d(c_out), nn.GELU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU(),
+    ]
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return x * self.factor
+
+
+@MODELS.register("airbench")
+def airbench(
+    in_shape: tuple[int, ...], out_dim: int, widths: str = "64,256,256", stem: int = 24
+) -> nn.Module:
+    """A fast CIFAR net in the spirit of airbench94 (Jordan, 2024): 2x2 stem conv, three
+    conv-pool-BN-GELU blocks, global max-pool, a linear head scaled by 1/9.
+
+    Only the architecture is taken; airbench's other speed tricks (patch-whitening stem init,
+    lookahead, test-time flips, label smoothing) are not, so its 94%-in-seconds figure does not
+    transfer as is. Intended with bf16 autocast, channels_last and torch.compile on CUDA.
+    """
+    sizes = [int(w) for w in widths.split(",")]
+    if len(sizes) != 3 or min(sizes) <= 0 or stem <= 0:
+        raise ValueError(f"widths must be three positive ints and stem > 0, got {widths!r}, {stem}")
+    layers: list[nn.Module] = [nn.Conv2d(in_shape[0], stem, 2, padding=0, bias=True), nn.GELU()]
+    c = stem
+    for width in sizes:
+        layers += _airbench_block(c, width)
+        c = width
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c, out_dim, bias=False),
+               _Scale(1 / 9)]
+    return nn.Sequential(*layers)
