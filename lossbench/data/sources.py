@@ -7,6 +7,7 @@ paths; offline with neither, a source raises a one-line ``UserError`` saying how
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +34,12 @@ class RawSplits:
 
 
 SOURCES: Registry[RawSplits] = Registry("data source")
+
+
+def load_source(data: Mapping[str, Any]) -> RawSplits:
+    """Build a task's ``[data]`` table: ``source`` names the source, other keys are its options."""
+    options = {k: v for k, v in data.items() if k != "source"}
+    return SOURCES.get(str(data.get("source", ""))).build(options)
 
 
 @SOURCES.register("sklearn-digits")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lossbench.data.augment import crop_flip
 from lossbench.data.noise import apply_noise, check_noise
-from lossbench.data.sources import SOURCES, RawSplits, stratified_split
+from lossbench.data.sources import SOURCES, RawSplits, load_source, stratified_split
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput
@@ -70,12 +70,6 @@ class Splits:
     noise: dict[str, Any]
 
 
-def load_raw(data: Mapping[str, Any]) -> RawSplits:
-    """Build the task's ``[data]`` source (``source`` names it, other keys are its options)."""
-    options = {k: v for k, v in data.items() if k != "source"}
-    return SOURCES.get(str(data.get("source", ""))).build(options)
-
-
 def _normalise(raw: RawSplits, x: np.ndarray) -> torch.Tensor:
     if raw.kind != "image":
         return torch.as_tensor(x, dtype=torch.float32)
@@ -87,7 +81,7 @@ def _normalise(raw: RawSplits, x: np.ndarray) -> torch.Tensor:
 
 def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> Splits:
     """Source -> label noise on the whole training set -> fixed stratified val split -> device."""
-    raw = load_raw(spec["data"])
+    raw = load_source(spec["data"])
     split = spec.get("split", {})
     noise = dict(spec.get("noise", {"kind": "none"}))
     kind = str(noise.pop("kind", "none"))

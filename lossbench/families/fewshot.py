@@ -50,7 +50,8 @@ from lossbench.data.episodes import (
 )
 from lossbench.data.fewshot_sources import CLASS_SPLITS, ClassSplit, SplitConfig
 from lossbench.data.samplers import pk_sampler
-from lossbench.data.sources import SOURCES, RawSplits
+from lossbench.data.sources import SOURCES, RawSplits, load_source
+from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import Sampler, TrainConfig, Trainer, batches, seed_everything
 from lossbench.errors import UserError, require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput
@@ -60,7 +61,6 @@ from lossbench.models import MODELS
 from lossbench.registry import Entry
 
 C = TypeVar("C")
-View = Callable[[torch.Tensor], torch.Tensor]
 
 # --------------------------------------------------------------------------------------------
 # Task-spec tables.
@@ -192,25 +192,11 @@ def class_split(raw: RawSplits, split: SplitConfig, source: str) -> ClassSplit:
     return groups
 
 
-def _image_view(x_base: np.ndarray, device: torch.device, sample: int = 8192) -> View:
-    """uint8 images -> float, standardised per channel with base-class statistics."""
-    pick = x_base[np.linspace(0, len(x_base) - 1, min(sample, len(x_base))).astype(int)]
-    pixels = torch.as_tensor(pick, dtype=torch.float32) / 255.0
-    mean = pixels.mean(dim=(0, 2, 3), keepdim=True).to(device)
-    std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6).to(device)
-    return lambda x: (x.float() / 255.0 - mean) / std
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.device
                  ) -> FewshotData:
     """Source -> pooled images -> base / validation / novel classes -> device."""
-    data = dict(spec["data"])
-    source = str(data.pop("source", ""))
-    raw = SOURCES.get(source).build(data)
+    source = str(spec["data"].get("source", ""))
+    raw = load_source(spec["data"])
     groups = class_split(raw, split, source)
     x, y = pooled(raw)
     masks = [np.isin(y, g) for g in (groups.base, groups.val, groups.novel)]
@@ -228,7 +214,7 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
         "novel_classes": len(groups.novel), "num_base": len(yb), "num_val": len(yv),
         "num_novel": len(yn),
     }
-    view = _image_view(xb, device) if image else _identity
+    view = image_view(xb, device) if image else identity
     return FewshotData(put(xb), y_base, put(xv), yv, put(xn), yn, view, image, info)
 
 

@@ -28,7 +28,8 @@ from torch import nn
 
 from lossbench.data.augment import crop_flip
 from lossbench.data.samplers import pk_sampler
-from lossbench.data.sources import SOURCES, RawSplits, stratified_split
+from lossbench.data.sources import SOURCES, RawSplits, load_source, stratified_split
+from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput
@@ -38,7 +39,6 @@ from lossbench.models import MODELS
 from lossbench.registry import Entry
 
 C = TypeVar("C")
-View = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,25 +176,11 @@ def validation_split(y: np.ndarray, split: SplitConfig) -> tuple[np.ndarray, np.
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def _image_view(x_train: np.ndarray, device: torch.device, sample: int = 8192) -> View:
-    """uint8 images -> float, standardised per channel with training-set statistics."""
-    pick = x_train[np.linspace(0, len(x_train) - 1, min(sample, len(x_train))).astype(int)]
-    pixels = torch.as_tensor(pick, dtype=torch.float32) / 255.0
-    mean = pixels.mean(dim=(0, 2, 3), keepdim=True).to(device)
-    std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6).to(device)
-    return lambda x: (x.float() / 255.0 - mean) / std
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.device
                  ) -> RetrievalData:
     """Source -> class split -> validation split -> device (images stay uint8 until a batch)."""
-    data = dict(spec["data"])
-    source = str(data.pop("source", ""))
-    raw = SOURCES.get(source).build(data)
+    source = str(spec["data"].get("source", ""))
+    raw = load_source(spec["data"])
     x_tr, y_tr, x_te, y_te = class_split(raw, split, source)
     train_idx, val_idx = validation_split(y_tr, split)
     y_train = np.unique(y_tr[train_idx], return_inverse=True)[1]
@@ -213,7 +199,7 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
         "test_classes": len(np.unique(y_te)), "val_by": split.val_by,
         "origin": raw.meta.get("origin", source),
     }
-    view = _image_view(x_tr[train_idx], device) if image else _identity
+    view = image_view(x_tr[train_idx], device) if image else identity
     return RetrievalData(
         put(x_tr[train_idx]), labels(y_train), put(x_tr[val_idx]), labels(y_tr[val_idx]),
         put(x_te), labels(y_te), int(y_train.max()) + 1, view, image, info,
