@@ -404,3 +404,17 @@ def test_cli_missing_dataset_and_wrong_mode_are_one_line(tmp_path: Path, monkeyp
                                  "fewshot.mode=standard"])
     assert result.exit_code == 2 and "needs fewshot.mode" in result.output
     assert "Traceback" not in result.output
+
+
+def test_fewshot_loss_with_standard_mode_fails_before_the_grid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from lossbench.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", "--loss", "icnn", "--task", "digits-fewshot", "--budget", "smoke", "--seeds", "0",
+        "--set", "fewshot.mode=standard", "--device", "cpu", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 2
+    assert "needs fewshot.mode" in result.output
+    assert "runs in the grid" not in result.output  # refused before any run started

@@ -103,7 +103,10 @@ def expand(
         if check is not None:
             check(spec)
         task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
+        check_loss = FAMILIES.get(family).tags.get("check_loss")
         for name, params in expand_losses(losses, family):
+            if check_loss is not None:
+                check_loss(spec, name)
             for seed in task_seeds:
                 cfg = RunConfig(task, family, budget, name, params, int(seed), spec)
                 runs.setdefault(cfg.key, cfg)

@@ -353,11 +353,17 @@ def tag(ways: int, shots: int) -> str:
     return f"{ways}w{shots}s"
 
 
+def check_spec_loss(spec: Mapping[str, Any], loss: str) -> None:
+    """Before the grid: can this spec's training mode train this loss?"""
+    check_loss(loss, read_config(spec)[0].mode)
+
+
 @FAMILIES.register(
     "fewshot",
     accepts=("logits", "embeddings", "fewshot"),
     summary=("test_acc_5w1s", "test_acc_5w5s", "test_acc_3w1s", "test_acc_3w5s"),
     check=check_spec,
+    check_loss=check_spec_loss,
 )
 def run_fewshot(ctx: RunContext) -> RunOutput:
     """Train on base classes; N-way K-shot accuracy ± 95% CI on novel classes, last and best-val."""
