@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import torch
+
 from lossbench.errors import UserError, require
 
 T = TypeVar("T")
@@ -108,6 +110,7 @@ class Entry(Generic[T]):
 
 PROBE_CONTEXT: dict[str, Any] = {
     "num_classes": 10, "num_train": 8, "embedding_dim": 16, "shots": 1, "temperature": 1.0,
+    "train_inputs": torch.zeros(8, 4),
 }
 """Stand-in context used to check user parameters before any data is loaded."""
 

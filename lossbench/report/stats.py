@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-LOWER_IS_BETTER = frozenset({"ece", "nll", "loss", "rmse", "mae", "mse", "error", "err", "brier"})
+LOWER_IS_BETTER = frozenset(
+    {"ece", "nll", "loss", "rmse", "mae", "mse", "error", "err", "brier", "width"}
+)
 """A metric is lower-is-better when one of the words of its name is in this set."""
 
 TEST_NAME = "exact two-sided Wilcoxon signed-rank test, paired by seed"
