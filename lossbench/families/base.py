@@ -6,12 +6,14 @@ accepts (``accepts=("logits",)``); adapters let a family accept more than its na
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from lossbench.errors import require
 from lossbench.registry import Registry
 
 Reporter = Callable[[int, int, Mapping[str, float]], None]
@@ -40,3 +42,16 @@ class RunOutput:
 
 
 FAMILIES: Registry[RunOutput] = Registry("task family")
+
+C = TypeVar("C")
+
+
+def config_table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
+    """A config dataclass from the spec table ``spec[name]`` (TOML lists become tuples); unknown
+    keys are a one-line UserError listing the accepted ones."""
+    table = dict(spec.get(name, {}))
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
+    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})

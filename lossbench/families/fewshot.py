@@ -30,10 +30,9 @@ before the nearest-prototype rule (SimpleShot; Wang et al. 2019); default ``none
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,13 +53,11 @@ from lossbench.data.sources import SOURCES, RawSplits, load_source
 from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import Sampler, TrainConfig, Trainer, batches, seed_everything
 from lossbench.errors import UserError, require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
 from lossbench.losses import LOSSES, Loss
 from lossbench.losses.fewshot import prototype_logits, split_episode
 from lossbench.models import MODELS
 from lossbench.registry import Entry
-
-C = TypeVar("C")
 
 # --------------------------------------------------------------------------------------------
 # Task-spec tables.
@@ -98,25 +95,15 @@ class EvalConfig:
         return [(w, s) for w in self.ways for s in self.shots]
 
 
-def _table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
-    """A config dataclass from ``spec[name]``; unknown keys are a UserError."""
-    table = dict(spec.get(name, {}))
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(table) - fields)
-    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"accepted: {', '.join(f'{name}.{k}' for k in sorted(fields))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
-
-
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
     require(value in accepted, f"{name} got {value!r}; accepted: {', '.join(accepted)}")
 
 
 def read_config(spec: Mapping[str, Any]) -> tuple[FewshotConfig, SplitConfig, EvalConfig]:
     """The three few-shot tables of a resolved spec, range-checked."""
-    fs = _table(FewshotConfig, spec, "fewshot")
-    split = _table(SplitConfig, spec, "split")
-    ev = _table(EvalConfig, spec, "eval")
+    fs = config_table(FewshotConfig, spec, "fewshot")
+    split = config_table(SplitConfig, spec, "split")
+    ev = config_table(EvalConfig, spec, "eval")
     _choice("fewshot.mode", fs.mode, ("episodic", "standard"))
     _choice("eval.norm", ev.norm, ("none", "l2"))
     require(fs.embedding_dim >= 1, f"fewshot.embedding_dim must be >= 1, got {fs.embedding_dim}")

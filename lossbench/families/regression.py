@@ -20,12 +20,11 @@ interval of a predicted variance.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +32,10 @@ import torch
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
 from lossbench.losses import LOSSES
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
-
-C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -56,19 +53,9 @@ class EvalConfig:
     interval: float = 0.9
 
 
-def _table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
-    """Build a config dataclass from ``spec[name]``; unknown keys are a UserError."""
-    table = dict(spec.get(name, {}))
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(table) - set(fields))
-    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
-    return cls(**table)
-
-
 def read_config(spec: Mapping[str, Any]) -> tuple[SplitConfig, EvalConfig]:
-    split = _table(SplitConfig, spec, "split")
-    ev = _table(EvalConfig, spec, "eval")
+    split = config_table(SplitConfig, spec, "split")
+    ev = config_table(EvalConfig, spec, "eval")
     require(0.0 < split.val_fraction < 1.0,
             f"split.val_fraction must be in (0, 1), got {split.val_fraction}")
     require(0.0 < ev.interval < 1.0, f"eval.interval must be in (0, 1), got {ev.interval}")

@@ -16,10 +16,9 @@ loss also runs here; with ``ce`` this is exactly ``norm-softmax`` at ``T = 1 / h
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,14 +31,11 @@ from lossbench.data.sources import SOURCES, RawSplits, load_source, stratified_s
 from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
 from lossbench.losses import LOSSES, Loss
 from lossbench.metrics_retrieval import retrieval_metrics
 from lossbench.models import MODELS
 from lossbench.registry import Entry
-
-C = TypeVar("C")
-
 
 # --------------------------------------------------------------------------------------------
 # Task-spec tables.
@@ -74,24 +70,11 @@ class EvalConfig:
     auc_bins: int = 20_000
 
 
-def _table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
-    """Build a config dataclass from ``spec[name]``; unknown keys are a UserError."""
-    table = dict(spec.get(name, {}))
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(table) - set(fields))
-    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
-    for key, value in table.items():
-        if isinstance(value, list):
-            table[key] = tuple(value)
-    return cls(**table)
-
-
 def read_config(spec: Mapping[str, Any]) -> tuple[RetrievalConfig, SplitConfig, EvalConfig]:
     """The three retrieval tables of a resolved spec, range-checked."""
-    ret = _table(RetrievalConfig, spec, "retrieval")
-    split = _table(SplitConfig, spec, "split")
-    ev = _table(EvalConfig, spec, "eval")
+    ret = config_table(RetrievalConfig, spec, "retrieval")
+    split = config_table(SplitConfig, spec, "split")
+    ev = config_table(EvalConfig, spec, "eval")
     require(ret.embedding_dim >= 1, f"retrieval.embedding_dim must be >= 1, got "
             f"{ret.embedding_dim}")
     require(ret.samples_per_class >= 2, "retrieval.samples_per_class must be >= 2, got "
