@@ -15,7 +15,7 @@ from typing import Any
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.losses import LOSSES
-from lossbench.registry import check_params, parse_spec
+from lossbench.registry import Entry, check_params, parse_spec
 from lossbench.spec import resolve_task
 
 
@@ -68,12 +68,17 @@ def accepted_kinds(family: str) -> tuple[str, ...]:
 def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str, Any]]]:
     """Loss specs -> (name, resolved params). ``all`` means every loss the family accepts."""
     kinds = accepted_kinds(family)
+    supplies = set(FAMILIES.get(family).tags.get("supplies", ()))
+
+    def trainable(entry: Entry[Any]) -> bool:
+        return entry.tags["consumes"] in kinds and set(entry.context) <= supplies
+
     out: list[tuple[str, dict[str, Any]]] = []
     for text in specs:
         name, raw = parse_spec(text)
         if name == "all":
             require(not raw, "'all' takes no parameters")
-            out += [(e.name, e.resolve({})) for e in LOSSES if e.tags["consumes"] in kinds]
+            out += [(e.name, e.resolve({})) for e in LOSSES if trainable(e)]
             continue
         entry = LOSSES.get(name)
         consumes = entry.tags["consumes"]
@@ -81,6 +86,9 @@ def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str
             consumes in kinds,
             f"loss '{name}' consumes {consumes} but a {family} task accepts {', '.join(kinds)}",
         )
+        missing = sorted(set(entry.context) - supplies)
+        require(not missing, f"loss '{name}' needs {', '.join(missing)}, which a {family} task "
+                             "does not provide")
         out.append((name, check_params(entry, raw)))
     return out
 

@@ -18,13 +18,13 @@ from lossbench.engine.train import Diverged, TrainConfig, seed_everything
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.classification import (
     CURVES,
+    build_loss,
+    build_model,
     classification_metrics,
     epoch_metrics,
-    final_metrics,
+    finish_run,
     prepare_splits,
 )
-from lossbench.losses import LOSSES
-from lossbench.models import MODELS
 
 
 def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
@@ -38,17 +38,12 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
         if cfg.augment and data.image:
             raise NotPackable("on-device augmentation")
         seed_everything(ctx.seed)
-        model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
-        model = MODELS.get(spec["model"]["name"]).build(
-            model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=data.num_classes
-        )
+        model = build_model(spec, data)
         if not packable(model):
             raise NotPackable("BatchNorm in the model")
         datas.append(data)
         models.append(model.to(device))
-        losses.append(LOSSES.get(ctx.loss).build(
-            ctx.loss_params, num_classes=data.num_classes, num_train=len(data.x_train)
-        ).to(device))
+        losses.append(build_loss(ctx.loss, ctx.loss_params, data, ctx.seed).to(device))
     shared = datas[0]
     if not all(torch.equal(d.x_train, shared.x_train) for d in datas[1:]):
         raise NotPackable("members see different training inputs")
@@ -73,13 +68,13 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
             test = classification_metrics(test_out[m], data.y_test, bins)
             for name, value in epoch_metrics(train_losses[m], val, test).items():
                 curves[m][name].append(value)
-    return [
-        outcome if outcome is not None else RunOutput(
-            final_metrics(curves[m]), curves[m],
-            {"noise": datas[m].noise, "num_train": len(datas[m].x_train), "packed": len(ctxs)},
-        )
-        for m, outcome in enumerate(outcomes)
-    ]
+    finished: list[RunOutput | Diverged] = []
+    for m, outcome in enumerate(outcomes):
+        if outcome is None:
+            outcome = finish_run(spec, datas[m], curves[m], val_out[m], test_out[m], bins)
+            outcome.info["packed"] = len(ctxs)
+        finished.append(outcome)
+    return finished
 
 
 PACKED_RUNNERS["classification"] = run_classification_packed

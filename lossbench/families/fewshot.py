@@ -351,6 +351,7 @@ def check_spec_loss(spec: Mapping[str, Any], loss: str) -> None:
     summary=("test_acc_5w1s", "test_acc_5w5s", "test_acc_3w1s", "test_acc_3w5s"),
     check=check_spec,
     check_loss=check_spec_loss,
+    supplies=("num_classes", "num_train", "embedding_dim", "shots", "temperature"),
 )
 def run_fewshot(ctx: RunContext) -> RunOutput:
     """Train on base classes; N-way K-shot accuracy ± 95% CI on novel classes, last and best-val."""

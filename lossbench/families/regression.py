@@ -203,6 +203,7 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     accepts=("regression",),
     summary=("test_rmse@best_val", "test_nll@best_val", "test_coverage@best_val"),
     check=check_spec,
+    supplies=("num_train", "train_inputs"),
 )
 def run_regression(ctx: RunContext) -> RunOutput:
     """Train a regressor with a regression loss; RMSE/MAE/NLL/coverage in original units."""

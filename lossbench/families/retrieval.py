@@ -274,6 +274,7 @@ MAIN = ("recall@1", "map@r", "r_precision", "auc")
     summary=("test_recall@1", "test_map@r", "test_recall@1@best_val", "test_map@r@best_val",
              "test_auc"),
     check=check_spec,
+    supplies=("num_classes", "num_train", "embedding_dim"),
 )
 def run_retrieval(ctx: RunContext) -> RunOutput:
     """Train an embedding on training classes; Recall@K, MAP@R, AUC on held-out classes."""

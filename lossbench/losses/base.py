@@ -9,7 +9,7 @@ from torch import nn
 
 from lossbench.registry import Registry
 
-Consumes = Literal["logits", "embeddings", "regression", "fewshot"]
+Consumes = Literal["logits", "binary", "embeddings", "regression", "fewshot"]
 
 
 class Loss(nn.Module):

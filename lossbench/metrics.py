@@ -1,0 +1,148 @@
+"""Classification metrics on model outputs: pure functions of tensors, returning Python floats.
+
+Conventions: ``logits`` [N, K], ``probs = softmax(logits)`` [N, K], integer labels ``y`` [N],
+predictions ``pred = argmax`` [N]. Rates (top-k, balanced accuracy, F1, AUROC, ECE) are
+percentages; NLL and Brier are raw. Class-averaged metrics follow scikit-learn's conventions so
+they can be checked against ``sklearn.metrics``:
+
+* balanced accuracy: mean recall over the classes present in ``y``;
+* macro-F1: mean of ``2TP / (2TP + FP + FN)`` over the classes present in ``y`` or ``pred``;
+* binary F1 (class 1 positive): ``2TP / (2TP + FP + FN)``, 0 when there is nothing to find;
+* AUROC: the Mann-Whitney statistic, ties counted one half; multi-class one-vs-rest AUROC is
+  the mean over the classes that have both positives and negatives in ``y``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+def top_k(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """Percentage of examples whose label is among the ``k`` largest logits."""
+    k = min(k, logits.shape[1])
+    hits = (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1)
+    return 100.0 * hits.float().mean().item()
+
+
+def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """ECE in percent with equal-width confidence bins (Guo et al., ICML 2017, Eq. 3)."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    ece = torch.zeros((), device=probs.device)
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (conf[in_bin].mean() - correct[in_bin].mean()).abs()
+    return 100.0 * ece.item()
+
+
+def adaptive_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """Adaptive ECE in percent: ``bins`` equal-mass bins of the sorted confidences.
+
+    Nguyen & O'Connor, EMNLP 2015 (equal-mass binning); Mukhoti et al., NeurIPS 2020 (AdaECE).
+    Bin sizes differ by at most one (``torch.tensor_split`` of the sorted examples), so every
+    bin holds about N / bins examples however the confidences cluster near 1.
+    """
+    conf, pred = probs.max(dim=1)
+    order = conf.argsort()
+    conf, correct = conf[order], (pred[order] == y[order]).float()
+    n = len(conf)
+    gap = torch.zeros((), dtype=torch.float64, device=probs.device)
+    for c, a in zip(conf.tensor_split(bins), correct.tensor_split(bins), strict=True):
+        if len(c):
+            gap += len(c) / n * (c.double().mean() - a.double().mean()).abs()
+    return 100.0 * gap.item()
+
+
+def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [K, K]: row = true class, column = predicted class (scikit-learn's layout)."""
+    flat = y.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    """Mean per-class recall in percent over the classes present in ``y`` (Brodersen et al.)."""
+    cm = confusion_matrix(pred, y, num_classes).double()
+    support = cm.sum(dim=1)
+    present = support > 0
+    return 100.0 * (cm.diagonal()[present] / support[present]).mean().item()
+
+
+def _f1_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """``2TP / (2TP + FP + FN)`` per class; 0 where the denominator is 0."""
+    tp = cm.diagonal()
+    denom = cm.sum(dim=0) + cm.sum(dim=1)  # (TP + FP) + (TP + FN)
+    return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+
+
+def macro_f1(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    """Unweighted mean F1 in percent over the classes that occur in ``y`` or ``pred``."""
+    cm = confusion_matrix(pred, y, num_classes).double()
+    seen = (cm.sum(dim=0) + cm.sum(dim=1)) > 0
+    return 100.0 * _f1_per_class(cm)[seen].mean().item()
+
+
+def binary_f1(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """F1 of the positive class 1 in percent (labels and predictions in {0, 1})."""
+    return 100.0 * _f1_per_class(confusion_matrix(pred, y, 2).double())[1].item()
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``x`` with ties given their average rank (float64)."""
+    order = x.argsort()
+    _, inverse, counts = torch.unique_consecutive(x[order], return_inverse=True,
+                                                  return_counts=True)
+    ends = counts.cumsum(0).double()  # last 1-based rank of each tie group
+    group_rank = ends - (counts.double() - 1) / 2
+    ranks = torch.empty_like(group_rank[inverse])
+    ranks[order] = group_rank[inverse]
+    return ranks
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve in percent: P(score_pos > score_neg) + P(tie) / 2.
+
+    Computed as the Mann-Whitney U statistic from average ranks (exact, ties included).
+    Returns NaN when ``positive`` has no positives or no negatives.
+    """
+    pos = positive.bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(scores.double())
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
+    return 100.0 * (u / (n_pos * n_neg)).item()
+
+
+def auroc_ovr(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """One-vs-rest macro AUROC in percent, ranking by scores that do not saturate.
+
+    K = 2: the binary AUROC of the margin ``z_1 - z_0`` (a monotone function of ``p_1``, so the
+    same AUROC, but without the ties float32 probabilities of confident models produce). K > 2:
+    the mean over classes of the AUROC of ``log p_k`` (float64), skipping classes absent from
+    ``y`` (or making up all of it).
+    """
+    if logits.shape[1] == 2:
+        return auroc(logits[:, 1].double() - logits[:, 0].double(), y == 1)
+    logp = F.log_softmax(logits.double(), dim=1)
+    values = [auroc(logp[:, k], y == k) for k in range(logits.shape[1])]
+    defined = [v for v in values if v == v]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
+def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-likelihood ``-log softmax(z)_y``."""
+    return F.cross_entropy(logits.float(), y).item()
+
+
+def brier(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Multi-class Brier score ``mean_i sum_k (p_ik - 1[y_i = k])^2`` (Brier, 1950).
+
+    In [0, 2]. For two classes it is twice scikit-learn's ``brier_score_loss`` of ``p_1``.
+    """
+    onehot = F.one_hot(y.long(), probs.shape[1]).to(probs.dtype)
+    return (probs - onehot).pow(2).sum(dim=1).mean().item()
