@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from lossbench.data.sources import SOURCES
+from lossbench.engine.train import TrainConfig
 from lossbench.errors import require
+from lossbench.models import MODELS
 from lossbench.registry import Registry
 
 Reporter = Callable[[int, int, Mapping[str, float]], None]
@@ -55,3 +58,13 @@ def config_table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
     require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
             f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+
+
+def check_common(spec: Mapping[str, Any]) -> TrainConfig:
+    """The checks every family's spec needs before any data loads: the data source's options,
+    the model's options and the [train] table (returned, parsed)."""
+    data = dict(spec["data"])
+    SOURCES.get(str(data.pop("source", ""))).resolve(data)
+    model = dict(spec["model"])
+    MODELS.get(str(model.pop("name", ""))).resolve(model)
+    return TrainConfig.from_spec(spec["train"])

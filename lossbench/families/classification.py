@@ -33,10 +33,10 @@ from lossbench.calibration import calibrate, check_method
 from lossbench.data.augment import crop_flip
 from lossbench.data.imbalance import apply_imbalance, check_imbalance, one_vs_rest
 from lossbench.data.noise import apply_noise, check_noise
-from lossbench.data.sources import SOURCES, RawSplits, load_source, stratified_split
+from lossbench.data.sources import RawSplits, load_source, stratified_split
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common
 from lossbench.losses import LOSSES, Loss
 from lossbench.metrics import (
     adaptive_calibration_error,
@@ -149,13 +149,9 @@ def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded, so mistakes surface before the grid."""
-    data = dict(spec["data"])
-    SOURCES.get(str(data.pop("source", ""))).resolve(data)
+    check_common(spec)
     noise = dict(spec.get("noise", {"kind": "none"}))
     check_noise(str(noise.pop("kind", "none")), noise)
-    model = dict(spec["model"])
-    MODELS.get(str(model.pop("name", ""))).resolve(model)
-    TrainConfig.from_spec(spec["train"])
     fraction = float(spec.get("split", {}).get("val_fraction", 0.1))
     require(0.0 < fraction < 1.0, f"split.val_fraction must be in (0, 1), got {fraction}")
     if "binary" in spec:

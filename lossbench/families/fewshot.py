@@ -49,11 +49,11 @@ from lossbench.data.episodes import (
 )
 from lossbench.data.fewshot_sources import CLASS_SPLITS, ClassSplit, SplitConfig
 from lossbench.data.samplers import pk_sampler
-from lossbench.data.sources import SOURCES, RawSplits, load_source
+from lossbench.data.sources import RawSplits, load_source
 from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import Sampler, TrainConfig, Trainer, batches, seed_everything
 from lossbench.errors import UserError, require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
 from lossbench.losses import LOSSES, Loss
 from lossbench.losses.fewshot import prototype_logits, split_episode
 from lossbench.models import MODELS
@@ -133,11 +133,7 @@ def read_config(spec: Mapping[str, Any]) -> tuple[FewshotConfig, SplitConfig, Ev
 
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded."""
-    data = dict(spec["data"])
-    SOURCES.get(str(data.pop("source", ""))).resolve(data)
-    model = dict(spec["model"])
-    MODELS.get(str(model.pop("name", ""))).resolve(model)
-    TrainConfig.from_spec(spec["train"])
+    check_common(spec)
     read_config(spec)
 
 

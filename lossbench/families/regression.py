@@ -32,7 +32,7 @@ import torch
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
 from lossbench.losses import LOSSES
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
@@ -64,11 +64,7 @@ def read_config(spec: Mapping[str, Any]) -> tuple[SplitConfig, EvalConfig]:
 
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded."""
-    data = dict(spec["data"])
-    SOURCES.get(str(data.pop("source", ""))).resolve(data)
-    model = dict(spec["model"])
-    MODELS.get(str(model.pop("name", ""))).resolve(model)
-    TrainConfig.from_spec(spec["train"])
+    check_common(spec)
     read_config(spec)
 
 

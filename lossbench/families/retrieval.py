@@ -27,11 +27,11 @@ from torch import nn
 
 from lossbench.data.augment import crop_flip
 from lossbench.data.samplers import pk_sampler
-from lossbench.data.sources import SOURCES, RawSplits, load_source, stratified_split
+from lossbench.data.sources import RawSplits, load_source, stratified_split
 from lossbench.data.views import View, identity, image_view
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
-from lossbench.families.base import FAMILIES, RunContext, RunOutput, config_table
+from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
 from lossbench.losses import LOSSES, Loss
 from lossbench.metrics_retrieval import retrieval_metrics
 from lossbench.models import MODELS
@@ -93,11 +93,7 @@ def read_config(spec: Mapping[str, Any]) -> tuple[RetrievalConfig, SplitConfig, 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded."""
-    data = dict(spec["data"])
-    SOURCES.get(str(data.pop("source", ""))).resolve(data)
-    model = dict(spec["model"])
-    MODELS.get(str(model.pop("name", ""))).resolve(model)
-    cfg = TrainConfig.from_spec(spec["train"])
+    cfg = check_common(spec)
     ret, _, _ = read_config(spec)
     m = ret.samples_per_class
     require(cfg.batch_size % m == 0 and cfg.batch_size // m >= 2,
