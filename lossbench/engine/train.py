@@ -224,11 +224,18 @@ class Trainer:
         return mean
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Model outputs on ``x`` in eval mode, in float32."""
+    def predict(
+        self,
+        x: torch.Tensor,
+        batch_size: int = 1024,
+        view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Model outputs on ``x`` in eval mode, in float32; ``view`` maps stored rows to inputs
+        batch by batch (e.g. uint8 images to standardised floats)."""
         self.model.eval()
         outs = []
         for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
             with self.autocast():
-                outs.append(self.forward(x[start : start + batch_size]).float())
+                outs.append(self.forward(chunk if view is None else view(chunk)).float())
         return torch.cat(outs)

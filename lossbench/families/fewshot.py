@@ -318,16 +318,9 @@ def train_sampler(fs: FewshotConfig, kind: str, cfg: TrainConfig, num_train: int
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def embed(trainer: Trainer, x: torch.Tensor, view: View, norm: str, batch_size: int = 1024
-          ) -> torch.Tensor:
+def embed(trainer: Trainer, x: torch.Tensor, view: View, norm: str) -> torch.Tensor:
     """Embeddings of ``x`` in eval mode, float32 (L2-normalised if ``norm == "l2"``)."""
-    trainer.model.eval()
-    outs = []
-    for start in range(0, len(x), batch_size):
-        with trainer.autocast():
-            outs.append(trainer.forward(view(x[start : start + batch_size])).float())
-    emb = torch.cat(outs)
+    emb = trainer.predict(x, view=view)
     return F.normalize(emb, dim=1) if norm == "l2" else emb
 
 

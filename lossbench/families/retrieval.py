@@ -248,18 +248,6 @@ def build_loss(name: str, params: Mapping[str, Any], ret: RetrievalConfig, num_c
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def embed(trainer: Trainer, x: torch.Tensor, view: View, batch_size: int = 1024
-          ) -> torch.Tensor:
-    """Embeddings of ``x`` in eval mode, float32."""
-    trainer.model.eval()
-    outs = []
-    for start in range(0, len(x), batch_size):
-        with trainer.autocast():
-            outs.append(trainer.forward(view(x[start : start + batch_size])).float())
-    return torch.cat(outs)
-
-
 MAIN = ("recall@1", "map@r", "r_precision", "auc")
 """Test metrics also reported at the best-validation epoch."""
 
@@ -298,7 +286,7 @@ def run_retrieval(ctx: RunContext) -> RunOutput:
     generator = torch.Generator().manual_seed(ctx.seed)
 
     def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return retrieval_metrics(embed(trainer, x, view), y, ev.recall_at, ev.chunk_elements,
+        return retrieval_metrics(trainer.predict(x, view=view), y, ev.recall_at, ev.chunk_elements,
                                  ev.auc_bins)
 
     curves: dict[str, list[float]] = {"train_loss": []}
