@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lossbench.data.augment import crop_flip
 from lossbench.engine.packed import PackedTrainer, packable
 from lossbench.engine.train import TrainConfig, Trainer
 from lossbench.losses import LOSSES
@@ -64,10 +65,38 @@ def test_a_diverging_member_does_not_touch_the_others() -> None:
     assert losses[1] == pytest.approx(ref_loss, rel=1e-5)
 
 
-def test_batchnorm_models_are_not_packable() -> None:
-    cnn = MODELS.get("small-cnn").build({"width": 4}, in_shape=(3, 8, 8), out_dim=3)
-    assert not packable(cnn)
+def test_batchnorm_and_augmentation_pack_like_single_runs() -> None:
+    """BatchNorm's running statistics are per member and each member draws its own crops."""
+    n, k = 48, 3
+    x = torch.randn(n, 3, 8, 8)
+    y = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(5))
+    cfg = TrainConfig(epochs=2, batch_size=12, lr=0.05, augment=True)
+
+    def cnn(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return MODELS.get("small-cnn").build({"width": 4}, in_shape=(3, 8, 8), out_dim=k)
+
+    ce = LOSSES.get("ce").build({})
+    singles = []
+    for seed in (0, 1):
+        trainer = Trainer(cnn(seed), ce, cfg, torch.device("cpu"), n // 12, augment=crop_flip)
+        g = torch.Generator().manual_seed(seed)
+        singles.append(([trainer.epoch(x, y, g, e) for e in range(2)], trainer.predict(x)))
+    packed = PackedTrainer([cnn(0), cnn(1)], [ce, ce], cfg, torch.device("cpu"), n // 12,
+                           augment=crop_flip)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    curves = [packed.epoch(x, [y, y], gens, e) for e in range(2)]
+    outputs = packed.predict(x)  # eval mode: each member's own running statistics
+    for m, (curve, out) in enumerate(singles):
+        assert [c[m] for c in curves] == pytest.approx(curve, rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(outputs[m], out, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_models_are_not_packable() -> None:
+    dropout = MODELS.get("mlp").build({"dropout": 0.1}, in_shape=(4,), out_dim=3)
+    assert not packable(dropout)
     assert packable(MODELS.get("mlp").build({}, in_shape=(4,), out_dim=3))
-    with pytest.raises(ValueError, match="BatchNorm"):
-        PackedTrainer([cnn], [LOSSES.get("ce").build({})], TrainConfig(epochs=1),
+    assert packable(MODELS.get("small-cnn").build({"width": 4}, in_shape=(3, 8, 8), out_dim=3))
+    with pytest.raises(ValueError, match="dropout"):
+        PackedTrainer([dropout], [LOSSES.get("ce").build({})], TrainConfig(epochs=1),
                       torch.device("cpu"), 1)

@@ -5,14 +5,21 @@ is evaluated once with ``vmap`` over the member axis, so M small runs cost about
 step instead of M. Each member keeps its own data order, labels, loss (with its own state) and
 optimizer state: SGD and AdamW update every element independently, so one optimizer over the
 stacked tensors performs exactly the per-member updates, and gradients do not mix because the
-objective is a sum of per-member losses. BatchNorm keeps running statistics in place, which
-``vmap`` cannot batch, so models with BatchNorm are not packable (they run one by one).
+objective is a sum of per-member losses. BatchNorm works: its running statistics are stacked
+buffers that ``vmap`` updates per member, and batch statistics are per member's own batch.
+Each member's augmentation draws from its own generator, as in its single run.
+
+Not packable: dropout (a single run draws its masks from the global RNG, which members cannot
+share and reproduce). On CUDA, bf16 autocast applies as in ``Trainer``; ``channels_last`` and
+``torch.compile`` do not (the members' batches form a 5-D tensor that ``vmap`` turns into
+grouped convolutions).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,6 +36,9 @@ from lossbench.engine.train import (
     set_lr,
 )
 
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""(a member's batch, its generator) -> the augmented batch, as ``Trainer`` takes it."""
+
 
 class NotPackable(Exception):
     """These runs cannot share one packed computation; the executor runs them one by one."""
@@ -39,8 +49,10 @@ PACKED_RUNNERS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {}
 
 
 def packable(model: nn.Module) -> bool:
-    """True when the model has no BatchNorm (whose in-place running stats vmap cannot batch)."""
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    """True unless the model uses dropout, whose masks a packed run cannot draw as its single
+    run would (from the global RNG, one run at a time)."""
+    return not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                   for m in model.modules())
 
 
 class PackedTrainer:
@@ -54,9 +66,10 @@ class PackedTrainer:
         device: torch.device,
         steps_per_epoch: int,
         sampler: Sampler = batches,
+        augment: Augment | None = None,
     ) -> None:
         if not all(packable(m) for m in models):
-            raise ValueError("models with BatchNorm cannot be packed")
+            raise ValueError("models with dropout cannot be packed")
         params, buffers = stack_module_state(list(models))
         self.params = {k: nn.Parameter(v.detach().to(device)) for k, v in params.items()}
         self.buffers = {k: v.to(device) for k, v in buffers.items()}
@@ -64,6 +77,8 @@ class PackedTrainer:
         self.losses = list(losses)
         self.cfg = cfg
         self.sampler = sampler
+        self.augment = augment
+        self.use_amp = cfg.amp and device.type == "cuda"
         self.total = steps_per_epoch * cfg.epochs
         self.step = 0
         groups = [{"params": list(self.params.values()), "lr_scale": 1.0}]
@@ -75,8 +90,17 @@ class PackedTrainer:
         return functional_call(self.base, (params, buffers), (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [M, B, ...] -> outputs [M, B, ...]: member m's model on its own batch."""
-        return vmap(self._call)(self.params, self.buffers, x)
+        """``x`` [M, B, ...] -> outputs [M, B, ...] in float32: member m's model on its own
+        batch (train or eval behaviour follows ``self.base``'s mode)."""
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
+        with amp:
+            return vmap(self._call)(self.params, self.buffers, x).float()
+
+    def _inputs(self, x: torch.Tensor, idx: torch.Tensor, generators: Sequence[torch.Generator]
+                ) -> torch.Tensor:
+        if self.augment is None:
+            return x[idx]
+        return torch.stack([self.augment(x[i], g) for i, g in zip(idx, generators, strict=True)])
 
     def epoch(
         self,
@@ -90,6 +114,7 @@ class PackedTrainer:
         Returns each member's mean training loss (NaN or inf for a diverged member, whose
         parameters are its own slice and cannot affect the others).
         """
+        self.base.train()
         members = range(len(ys))
         streams = [self.sampler(y.cpu(), self.cfg.batch_size, g) for y, g in zip(ys, generators,
                                                                                   strict=True)]
@@ -98,7 +123,7 @@ class PackedTrainer:
         for step_batches in zip(*streams, strict=True):
             idx = torch.stack(step_batches).to(x.device)
             set_lr(self.optimizer, self.cfg.lr * lr_factor(self.step, self.total, self.cfg))
-            out = self.forward(x[idx]).float()
+            out = self.forward(self._inputs(x, idx, generators))
             values = torch.stack([
                 self.losses[m](out[m], ys[m][idx[m]], index=idx[m]).mean() for m in members
             ])
@@ -117,9 +142,10 @@ class PackedTrainer:
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Every member's outputs on the same inputs ``x``: [M, N, ...] in float32."""
+        self.base.eval()
         members = next(iter(self.params.values())).shape[0]
         outs = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            outs.append(self.forward(chunk.expand(members, *chunk.shape)).float())
+            outs.append(self.forward(chunk.expand(members, *chunk.shape)))
         return torch.cat(outs, dim=1)

@@ -2,8 +2,8 @@
 trained together by ``PackedTrainer``, producing the same records as running them one by one.
 
 Members share the inputs (the train/val split is fixed across seeds) and differ in noisy labels,
-initialisation, data order and loss. Not packable (falls back to one-by-one): models with
-BatchNorm, and on-device augmentation (each member would need its own crops).
+initialisation, data order, augmentation draws and loss. Not packable (falls back to one by one):
+models with dropout (see ``lossbench.engine.packed``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lossbench.data.augment import crop_flip
 from lossbench.engine.packed import PACKED_RUNNERS, NotPackable, PackedTrainer, packable
 from lossbench.engine.train import Diverged, TrainConfig, seed_everything
 from lossbench.families.base import RunContext, RunOutput
@@ -35,12 +36,10 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     datas, models, losses = [], [], []
     for ctx in ctxs:  # the same order of RNG use as a single run: data, seed, model, loss
         data = prepare_splits(spec, ctx.seed, device)
-        if cfg.augment and data.image:
-            raise NotPackable("on-device augmentation")
         seed_everything(ctx.seed)
         model = build_model(spec, data)
         if not packable(model):
-            raise NotPackable("BatchNorm in the model")
+            raise NotPackable("dropout in the model")
         datas.append(data)
         models.append(model.to(device))
         losses.append(build_loss(ctx.loss, ctx.loss_params, data, ctx.seed).to(device))
@@ -49,7 +48,8 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
         raise NotPackable("members see different training inputs")
 
     steps = max(1, len(shared.x_train) // cfg.batch_size)
-    trainer = PackedTrainer(models, losses, cfg, device, steps)
+    trainer = PackedTrainer(models, losses, cfg, device, steps,
+                            augment=crop_flip if (cfg.augment and shared.image) else None)
     generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     ys = [d.y_train for d in datas]
     curves: list[dict[str, list[float]]] = [{k: [] for k in CURVES} for _ in ctxs]
