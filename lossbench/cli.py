@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from lossbench.engine.executors import EXECUTORS
+from lossbench.engine.executors import EXECUTORS, pack_size
 from lossbench.engine.grid import RunConfig, expand, parse_seeds
 from lossbench.engine.store import Store
 from lossbench.errors import UserError
@@ -165,16 +165,15 @@ def run(
     executor: Annotated[str, typer.Option(help="local | ray")] = "local",
     address: Annotated[str, typer.Option(help="Ray: local | auto | ray://host:port")] = "local",
     gpus_per_run: Annotated[float, typer.Option(help="Ray: GPU fraction per run.")] = 0.0,
-    pack: Annotated[int, typer.Option(help="Train up to N runs of one task as one batched "
-                                      "computation (BatchNorm-free models).")] = 1,
+    pack: Annotated[str, typer.Option(help="Train up to N runs of one task as one batched "
+                                      "computation; 'auto': 1 on CPU, up to 16 on CUDA.")] = "1",
 ) -> None:
     """Run the loss x task x seed grid; resumes, skipping finished runs."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    if pack < 1:
-        raise UserError(f"--pack must be >= 1, got {pack}")
+    pack_size(pack, device)  # a bad value fails before the grid
     if executor == "ray":
         options: dict[str, Any] = {"address": address, "gpus_per_run": gpus_per_run}
     else:

@@ -69,7 +69,11 @@ def run_one(cfg: RunConfig, device: str, report: Reporter | None = None) -> Reco
 
 def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
     """Runs of one task and budget, packed into one computation when the family and model allow
-    it, else one by one. Each packed record's wall time is the group's time divided evenly."""
+    it, else one by one. Each packed record's wall time is the group's time divided evenly.
+
+    A group that runs out of device memory is split in halves and retried, down to single runs,
+    so an over-large ``--pack`` (or ``auto``) costs time, never results.
+    """
     runner = PACKED_RUNNERS.get(group[0].family)
     if len(group) == 1 or runner is None:
         return [run_one(cfg, device) for cfg in group]
@@ -81,6 +85,12 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
         outcomes: list[RunOutput | Exception] = list(runner(ctxs))
     except NotPackable:
         return [run_one(cfg, device) for cfg in group]
+    except torch.OutOfMemoryError:
+        del ctxs
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(group) // 2
+        return run_group(group[:half], device) + run_group(group[half:], device)
     except UserError:
         raise
     except Exception as err:
@@ -88,6 +98,22 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
     share = (time.perf_counter() - start) / len(group)
     return [_outcome(r, o, share) | {"packed": len(group)}
             for r, o in zip(records, outcomes, strict=True)]
+
+
+AUTO_PACK = {"cpu": 1, "cuda": 16}
+"""``--pack auto`` per device type. CPU: 1, because packing measured slower there (MLP 0.98x,
+CNNs 5-10x slower: vmap's grouped convolutions; benchmarks/RESULTS.md). CUDA: up to 16 runs,
+halved by ``run_group`` whenever a group does not fit in memory."""
+
+
+def pack_size(pack: int | str, device: str) -> int:
+    """``--pack`` value -> runs per packed group on this device (``auto`` from ``AUTO_PACK``)."""
+    if pack == "auto":
+        return AUTO_PACK.get(resolve_device(device).type, 1)
+    size = int(pack) if isinstance(pack, int) or pack.isdigit() else 0
+    if size >= 1:
+        return size
+    raise UserError(f"--pack must be an integer >= 1 or 'auto', got {pack!r}")
 
 
 def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]]:
@@ -109,13 +135,15 @@ def run_local(
     device: str,
     workers: int = 1,
     make_reporter: Callable[[RunConfig], Reporter] | None = None,
-    pack: int = 1,
+    pack: int | str = 1,
 ) -> Iterator[Record]:
     """Yield records as runs finish: in-process for one worker, else a spawn process pool.
 
-    ``pack > 1`` trains up to that many runs of one task and budget as one packed computation.
+    ``pack`` > 1 trains up to that many runs of one task and budget as one packed computation;
+    ``auto`` picks the size for the device (``pack_size``).
     """
-    groups = pack_groups(configs, pack) if pack > 1 else [[cfg] for cfg in configs]
+    size = pack_size(pack, device)
+    groups = pack_groups(configs, size) if size > 1 else [[cfg] for cfg in configs]
     if workers <= 1:
         for group in groups:
             if len(group) == 1:
