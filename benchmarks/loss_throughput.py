@@ -5,6 +5,7 @@ losses, and pytorch-metric-learning's implementation of the same loss for embedd
 it has one (else plain CE on a cosine head). Prints median microseconds per call and the ratio.
 
     python benchmarks/loss_throughput.py [--device cpu|cuda] [--n 4096] [--classes 100]
+        [--reg-batch 128]
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--emb-batch", type=int, default=256)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--reg-batch", type=int, default=128,
+                        help="regression batch (the tasks use 32-100; cs-div is O(batch^2))")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -84,13 +87,18 @@ def main() -> None:
     nb = args.emb_batch
     emb = torch.randn(nb, args.dim, generator=g).to(device).requires_grad_(True)
     emb_labels = torch.arange(nb // 8).repeat_interleave(8).to(device)
-    context = {"num_classes": k, "num_train": n, "embedding_dim": args.dim}
+    counts = tuple(torch.bincount(labels.cpu(), minlength=k).tolist())
+    context = {"num_classes": k, "num_train": n, "embedding_dim": args.dim,
+               "class_counts": counts, "seed": 0, "train_inputs": torch.randn(n, 8, generator=g)}
+    nr = args.reg_batch
+    targets = torch.randn(nr, generator=g).to(device)
 
     table = Table("loss", "consumes", "reference", "loss µs", "reference µs", "ratio",
-                  title=f"forward+backward, {device} (logits {n}x{k}; embeddings {nb}x{args.dim})")
+                  title=f"forward+backward, {device} (logits {n}x{k}; embeddings {nb}x{args.dim}; "
+                        f"regression batch {nr})")
     for entry in LOSSES:
         consumes = entry.tags["consumes"]
-        if consumes == "logits":
+        if consumes in ("logits", "binary"):
             loss = entry.build({}, **context).to(device)
             ours, theirs = compare(lambda loss=loss: loss(logits, labels, index=index).mean(),
                                    lambda: F.cross_entropy(logits, labels), (logits,), device,
@@ -111,6 +119,14 @@ def main() -> None:
                                    args.repeats)
             table.add_row(entry.name, consumes, f"PML {type(ref).__name__}", f"{ours:.0f}",
                           f"{theirs:.0f}", f"{ours / theirs:.2f}")
+        elif consumes == "regression":
+            loss = entry.build({}, **context).to(device)
+            pred = torch.randn(nr, int(loss.head_dim), generator=g).to(device).requires_grad_(True)
+            ours, theirs = compare(
+                lambda loss=loss, pred=pred: loss(pred, targets, index=index[:nr]).mean(),
+                lambda pred=pred: F.mse_loss(pred[:, 0], targets), (pred,), device, args.repeats)
+            table.add_row(entry.name, consumes, "F.mse_loss", f"{ours:.0f}", f"{theirs:.0f}",
+                          f"{ours / theirs:.2f}")
     Console().print(table)
 
 
