@@ -76,6 +76,23 @@ def test_packed_runs_give_the_same_records(tmp_path: Path) -> None:
             assert values == pytest.approx(curves[rec["run_key"]][name], abs=1e-4)
 
 
+def test_packed_retrieval_runs_give_the_same_records(tmp_path: Path) -> None:
+    """Embedding losses, a proxy loss (own parameters at 100x lr) and a logits loss through the
+    cosine head, packed over P x m batches: the same records as one by one."""
+    grid = ["run", "--loss", "ms", "--loss", "proxy-anchor", "--loss", "ce", "--task",
+            "digits-retrieval", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1"]
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "6"])
+    assert result.exit_code == 0, result.output
+    assert {r.get("packed") for r in Store(packed).records()} == {6}
+    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
+    for rec in Store(packed).records():
+        for name in ("train_loss", "test_map@r", "val_map@r"):
+            assert rec["curves"][name] == pytest.approx(expected[rec["run_key"]][name],
+                                                        rel=1e-4, abs=1e-5)
+
+
 def test_packed_image_runs_with_batchnorm_and_augmentation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,12 +140,15 @@ class PackedTrainer:
         return [float(t) / max(count, 1) for t in totals]
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Every member's outputs on the same inputs ``x``: [M, N, ...] in float32."""
+    def predict(self, x: torch.Tensor, batch_size: int = 1024,
+                view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Every member's outputs on the same inputs ``x``: [M, N, ...] in float32; ``view``
+        maps stored rows to inputs batch by batch, as in ``Trainer.predict``."""
         self.base.eval()
         members = next(iter(self.params.values())).shape[0]
         outs = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
+            chunk = chunk if view is None else view(chunk)
             outs.append(self.forward(chunk.expand(members, *chunk.shape)))
         return torch.cat(outs, dim=1)

@@ -252,6 +252,51 @@ MAIN = ("recall@1", "map@r", "r_precision", "auc")
 """Test metrics also reported at the best-validation epoch."""
 
 
+def build_model(spec: Mapping[str, Any], data: RetrievalData, ret: RetrievalConfig
+                ) -> nn.Module:
+    """The task's model with an ``embedding_dim`` output."""
+    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
+    return MODELS.get(spec["model"]["name"]).build(
+        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=ret.embedding_dim)
+
+
+def train_view(data: RetrievalData, augment: bool
+               ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    """Stored image rows -> training inputs (crop+flip from the run's generator when the task
+    augments); None for tabular data, which trains as stored."""
+    if not data.image:
+        return None
+
+    def to_inputs(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        xb = xb.float()
+        return data.view(crop_flip(xb, generator) if augment else xb)
+
+    return to_inputs
+
+
+def add_epoch(curves: dict[str, list[float]], train_loss: float,
+              scores: Mapping[str, Mapping[str, float]]) -> None:
+    """Append one epoch: the training loss and each split's (``val``, ``test``) metrics."""
+    curves.setdefault("train_loss", []).append(train_loss)
+    for prefix, result in scores.items():
+        for name, value in result.items():
+            curves.setdefault(f"{prefix}_{name}", []).append(value)
+
+
+def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
+    """Last-epoch test metrics, the best-validation-MAP@R epoch's, and the selection facts."""
+    best = int(np.argmax(curves["val_map@r"]))
+    metrics = {k: v[-1] for k, v in curves.items() if k.startswith("test_")}
+    metrics |= {f"test_{m}@best_val": curves[f"test_{m}"][best] for m in MAIN}
+    return metrics | {
+        "val_map@r": curves["val_map@r"][-1],
+        "val_recall@1": curves["val_recall@1"][-1],
+        "best_val_map@r": curves["val_map@r"][best],
+        "best_epoch": float(best + 1),
+        "train_loss": curves["train_loss"][-1],
+    }
+
+
 @FAMILIES.register(
     "retrieval",
     accepts=tuple(ADAPTERS),
@@ -268,47 +313,24 @@ def run_retrieval(ctx: RunContext) -> RunOutput:
     data = prepare_data(spec, split, ctx.device)
 
     seed_everything(ctx.seed)
-    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
-    model = MODELS.get(spec["model"]["name"]).build(
-        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=ret.embedding_dim
-    ).to(ctx.device)
+    model = build_model(spec, data, ret).to(ctx.device)
     loss = build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
                       len(data.x_train)).to(ctx.device)
-    view = data.view
-
-    def train_view(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        xb = xb.float()
-        return view(crop_flip(xb, generator) if cfg.augment else xb)
-
     trainer = Trainer(model, loss, cfg, ctx.device, max(1, len(data.x_train) // cfg.batch_size),
-                      augment=train_view if data.image else None,
+                      augment=train_view(data, cfg.augment),
                       sampler=pk_sampler(ret.samples_per_class))
     generator = torch.Generator().manual_seed(ctx.seed)
 
     def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return retrieval_metrics(trainer.predict(x, view=view), y, ev.recall_at, ev.chunk_elements,
-                                 ev.auc_bins)
+        return retrieval_metrics(trainer.predict(x, view=data.view), y, ev.recall_at,
+                                 ev.chunk_elements, ev.auc_bins)
 
-    curves: dict[str, list[float]] = {"train_loss": []}
+    curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
-        curves["train_loss"].append(train_loss)
-        for prefix, result in (("val", score(data.x_val, data.y_val)),
-                               ("test", score(data.x_test, data.y_test))):
-            for name, value in result.items():
-                curves.setdefault(f"{prefix}_{name}", []).append(value)
+        add_epoch(curves, train_loss, {"val": score(data.x_val, data.y_val),
+                                       "test": score(data.x_test, data.y_test)})
         ctx.report(epoch + 1, cfg.epochs, {"loss": train_loss,
                                            "val_map@r": curves["val_map@r"][-1],
                                            "test_recall@1": curves["test_recall@1"][-1]})
-
-    best = int(np.argmax(curves["val_map@r"]))
-    metrics = {k: v[-1] for k, v in curves.items() if k.startswith("test_")}
-    metrics |= {f"test_{m}@best_val": curves[f"test_{m}"][best] for m in MAIN}
-    metrics |= {
-        "val_map@r": curves["val_map@r"][-1],
-        "val_recall@1": curves["val_recall@1"][-1],
-        "best_val_map@r": curves["val_map@r"][best],
-        "best_epoch": float(best + 1),
-        "train_loss": curves["train_loss"][-1],
-    }
-    return RunOutput(metrics, curves, data.info)
+    return RunOutput(final_metrics(curves), curves, data.info)

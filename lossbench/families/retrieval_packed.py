@@ -1,0 +1,80 @@
+"""Packed retrieval: runs of one task and budget (seeds, losses) trained together by
+``PackedTrainer``, producing the same records as running them one by one.
+
+Every member sees the same data (the class and validation splits do not depend on the seed) and
+the same architecture (an ``embedding_dim`` output; a logits loss's cosine head and a proxy
+loss's proxies are parameters of its loss, which each member owns). Members differ in
+initialisation, P x m batch order, augmentation draws and loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from lossbench.data.samplers import pk_sampler
+from lossbench.engine.packed import PACKED_RUNNERS, NotPackable, PackedTrainer, packable
+from lossbench.engine.train import Diverged, TrainConfig, seed_everything
+from lossbench.families.base import RunContext, RunOutput
+from lossbench.families.retrieval import (
+    add_epoch,
+    build_loss,
+    build_model,
+    final_metrics,
+    prepare_data,
+    read_config,
+    train_view,
+)
+from lossbench.metrics_retrieval import retrieval_metrics
+
+
+def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
+    """Train every context's run in one packed computation; one outcome per context."""
+    spec, device = ctxs[0].spec, ctxs[0].device
+    ret, split, ev = read_config(spec)
+    cfg = TrainConfig.from_spec(spec["train"])
+    data = prepare_data(spec, split, device)
+    models, losses = [], []
+    for ctx in ctxs:  # the same order of RNG use as a single run: seed, model, loss
+        seed_everything(ctx.seed)
+        model = build_model(spec, data, ret)
+        if not packable(model):
+            raise NotPackable("dropout in the model")
+        models.append(model.to(device))
+        losses.append(build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
+                                 len(data.x_train)).to(device))
+    trainer = PackedTrainer(models, losses, cfg, device,
+                            max(1, len(data.x_train) // cfg.batch_size),
+                            sampler=pk_sampler(ret.samples_per_class),
+                            augment=train_view(data, cfg.augment))
+    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
+    curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
+    outcomes: list[RunOutput | Diverged | None] = [None] * len(ctxs)
+    for epoch in range(cfg.epochs):
+        train_losses = trainer.epoch(data.x_train, [data.y_train] * len(ctxs), generators, epoch)
+        val = trainer.predict(data.x_val, view=data.view)
+        test = trainer.predict(data.x_test, view=data.view)
+        for m in range(len(ctxs)):
+            if outcomes[m] is not None:
+                continue
+            if not math.isfinite(train_losses[m]):
+                outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
+                continue
+            add_epoch(curves[m], train_losses[m], {
+                "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements,
+                                         ev.auc_bins),
+                "test": retrieval_metrics(test[m], data.y_test, ev.recall_at, ev.chunk_elements,
+                                          ev.auc_bins),
+            })
+    finished: list[RunOutput | Diverged] = []
+    for m, outcome in enumerate(outcomes):
+        if outcome is None:
+            outcome = RunOutput(final_metrics(curves[m]), curves[m],
+                                dict(data.info) | {"packed": len(ctxs)})
+        finished.append(outcome)
+    return finished
+
+
+PACKED_RUNNERS["retrieval"] = run_retrieval_packed
