@@ -174,10 +174,9 @@ def run(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     pack_size(pack, device)  # a bad value fails before the grid
+    options: dict[str, Any] = {"pack": pack}
     if executor == "ray":
-        options: dict[str, Any] = {"address": address, "gpus_per_run": gpus_per_run}
-    else:
-        options = {"pack": pack}
+        options |= {"address": address, "gpus_per_run": gpus_per_run}
     configs = expand(loss, _split_multi(task), parse_seeds(seeds), budget, set_ or [])
     store = Store(out)
     done = set() if force else store.done_keys()

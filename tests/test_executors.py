@@ -46,10 +46,11 @@ def test_ray_matches_in_process_and_resumes_local_work(tmp_path: Path, in_proces
     first = runner.invoke(app, [*GRID[:-1], "0", "--out", str(tmp_path)])  # seed 0 locally
     assert first.exit_code == 0, first.output
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--executor", "ray",
-                                 "--workers", "2"])
+                                 "--workers", "2", "--pack", "2"])
     assert result.exit_code == 0, result.output
     assert "2 already finished, 2 to run" in result.output
     assert_same(metrics_by_key(tmp_path), in_process)
+    assert sorted(r.get("packed", 1) for r in Store(tmp_path).records()) == [1, 1, 2, 2]
 
 
 def test_bad_executor_options(tmp_path: Path) -> None:
@@ -151,6 +152,7 @@ def test_pack_auto_and_bad_values(tmp_path: Path) -> None:
     from lossbench.engine.executors import pack_size
 
     assert pack_size("auto", "cpu") == 1  # packing measured slower on CPUs
+    assert pack_size("auto", "cuda:1") == 16  # read from the name: Ray workers may have the GPU
     assert pack_size("3", "cpu") == 3
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--pack", "auto"])
     assert result.exit_code == 0, result.output

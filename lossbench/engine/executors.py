@@ -107,9 +107,12 @@ halved by ``run_group`` whenever a group does not fit in memory."""
 
 
 def pack_size(pack: int | str, device: str) -> int:
-    """``--pack`` value -> runs per packed group on this device (``auto`` from ``AUTO_PACK``)."""
+    """``--pack`` value -> runs per packed group on ``device`` (``auto`` from ``AUTO_PACK``).
+    Read from the device name, not resolved here: Ray workers may have a GPU the driver lacks."""
     if pack == "auto":
-        return AUTO_PACK.get(resolve_device(device).type, 1)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return AUTO_PACK.get(device.split(":")[0], 1)
     size = int(pack) if isinstance(pack, int) or pack.isdigit() else 0
     if size >= 1:
         return size
@@ -169,12 +172,14 @@ def run_ray(
     make_reporter: Callable[[RunConfig], Reporter] | None = None,
     address: str = "local",
     gpus_per_run: float = 0.0,
+    pack: int | str = 1,
 ) -> Iterator[Record]:
-    """Each run is a Ray task; records come back to the driver as tasks finish.
+    """Each run (or packed group of ``pack`` runs) is a Ray task; records come back to the
+    driver as tasks finish.
 
     ``address``: ``local`` starts a private instance on this machine (``workers`` CPUs),
     ``auto`` joins the running cluster, ``ray://host:port`` a remote one. ``gpus_per_run`` may
-    be fractional, so several small runs share one GPU.
+    be fractional, so several small runs share one GPU (a packed group takes one task's share).
     """
     try:
         import ray
@@ -186,7 +191,9 @@ def run_ray(
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run)(_pool_worker)
-    pending = [remote.remote([cfg], device, 1) for cfg in configs]
+    size = pack_size(pack, device)
+    groups = pack_groups(configs, size) if size > 1 else [[cfg] for cfg in configs]
+    pending = [remote.remote(group, device, 1) for group in groups]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
