@@ -43,7 +43,9 @@ def bench(case: str, device: torch.device, repeats: int) -> tuple[float, float]:
     model_name, params, shape, n, k, batch = CASES[case]
     x = torch.randn(n, *shape, device=device)
     y = torch.randint(0, k, (n,), device=device)
-    cfg = TrainConfig(epochs=1000, batch_size=batch, lr=0.01, momentum=0.9, amp=False)
+    # The same numerics on both sides: no autocast, default memory format.
+    cfg = TrainConfig(epochs=1000, batch_size=batch, lr=0.01, momentum=0.9, amp=False,
+                      channels_last=False)
 
     def build() -> torch.nn.Module:
         torch.manual_seed(0)
