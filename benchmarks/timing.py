@@ -1,5 +1,7 @@
 """Shared timing helper for the benchmarks: alternate the two contenders so both see the same
-machine load (the benchmark machine is shared), and report medians."""
+machine load (the benchmark machine is shared), and report medians -- or minima, for
+sub-millisecond calls, where a load spike is longer than the call and the fastest repeat is the
+one closest to the code's own cost (the ``timeit`` advice)."""
 
 from __future__ import annotations
 
@@ -20,13 +22,17 @@ def once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+Stat = Callable[[list[float]], float]
+
+
 def interleaved(a: Callable[[], object], b: Callable[[], object], device: torch.device,
-                repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, run alternately after ``warmup`` calls of each."""
+                repeats: int, warmup: int = 2, stat: Stat = statistics.median
+                ) -> tuple[float, float]:
+    """``stat`` (median) seconds of ``a`` and ``b``, run alternately after ``warmup`` calls."""
     for _ in range(warmup):
         once(a, device), once(b, device)
     times_a, times_b = [], []
     for _ in range(repeats):
         times_a.append(once(a, device))
         times_b.append(once(b, device))
-    return statistics.median(times_a), statistics.median(times_b)
+    return stat(times_a), stat(times_b)

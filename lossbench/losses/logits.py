@@ -59,36 +59,21 @@ def _margin_diffs(z: Tensor, target: Tensor, margin: float) -> Tensor:
     return margin * not_y + z - _true_logit(z, target).unsqueeze(1)
 
 
-FAST_LDR_MAX_RATIO = 4.0
-"""``_ldr_kl`` takes its one-kernel path while ``margin / lambda`` is at most this (always with
-the defaults: 0.01 for ``ldr``, at most 0.02 for ``aldr``)."""
-
-
-def _ldr_kl(t: Tensor, c: Tensor | float, target: Tensor, margin: float, lam: Tensor | float,
-            lam_min: float) -> Tensor:
+def _ldr_kl(t: Tensor, c: Tensor | float, target: Tensor, margin: float, lam: Tensor | float
+            ) -> Tensor:
     """``lam * log((1/K) sum_k exp(d_k / lam))``, ``d_k = margin*1[k!=y] + z_k - z_y``, for the
     logits ``z = t * c`` (``_transform``'s pair).
 
-    With ``u = z / lam``, ``CE = CE(u, y)``, ``p_y = exp(-CE)`` and ``r = exp(-margin / lam)``,
-    ``sum_k exp(d_k / lam) = e^(margin/lam) (1 - p_y + r p_y) / p_y``, so
-
-        ``L = lam * CE + margin + lam * log(1 - p_y + r p_y) - lam * log K``:
-
-    one fused cross-entropy kernel plus [N]-sized work. ``1 - p_y`` comes from CE, whose float
-    rounding (~1e-7 absolute) is amplified by up to ``1 / r``; so when ``margin / lam_min``
-    exceeds ``FAST_LDR_MAX_RATIO`` (the max-margin limit) the margin matrix is built instead:
-    ``lam * CE((z + margin*1[k!=y]) / lam, y) - lam log K``, the same function, exact there.
+    Shifting every logit by ``margin`` leaves a softmax unchanged, so ``d_k / lam`` and
+    ``u = (z - margin*e_y) / lam`` give the same log-sum-exp relative to the target:
+    ``L = lam * (CE(u, y) - log K)``. ``u`` is one multiply with ``margin / lam`` subtracted
+    in place at the targets, and CE is torch's fused kernel: no [N, K] margin matrix.
     """
     lam_col = lam.unsqueeze(1) if isinstance(lam, Tensor) else lam
-    log_k = math.log(t.shape[1])
-    if margin > FAST_LDR_MAX_RATIO * lam_min:
-        not_y = torch.ones_like(t).scatter_(1, target.long().unsqueeze(1), 0.0)
-        ce = F.cross_entropy((t * c + margin * not_y) / lam_col, target.long(), reduction="none")
-        return lam * (ce - log_k)
-    ce = F.cross_entropy(t * (c / lam_col), target.long(), reduction="none")
-    log_not_y = torch.log(-torch.expm1(-ce.clamp_min(1e-30)))  # log(1 - p_y)
-    log_kept = torch.logaddexp(log_not_y, -ce - margin / lam)  # log(1 - p_y + r p_y)
-    return lam * (ce + log_kept - log_k) + margin
+    u = t * (c / lam_col)
+    shift = torch.full_like(u[:, :1], -margin) / lam_col
+    u = u.scatter_add_(1, target.long().unsqueeze(1), shift)
+    return lam * (F.cross_entropy(u, target.long(), reduction="none") - math.log(t.shape[1]))
 
 
 def _nce(z: Tensor, target: Tensor) -> Tensor:
@@ -192,7 +177,7 @@ class LDRKL(Loss):
 
     def forward(self, output: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
         t, c = _transform(_as_float(output), self.transform)
-        return _ldr_kl(t, c, target, self.margin, self.lam, self.lam)
+        return _ldr_kl(t, c, target, self.margin, self.lam)
 
 
 @LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)")
@@ -247,20 +232,20 @@ class ALDRKL(Loss):
     def forward(self, output: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
         t, c = _transform(_as_float(output), self.transform)
         if index is None:
-            return _ldr_kl(t, c, target, self.margin, self.lambda0, self.lambda0)
+            return _ldr_kl(t, c, target, self.margin, self.lambda0)
         ids = index.to(self.lambdas.device).long()
         log_k = math.log(t.shape[1])
         with torch.no_grad():
             lam_old = self.lambdas[ids].to(device=t.device, dtype=t.dtype)
             c_old = c.detach() if isinstance(c, Tensor) else c
             log_q = _log_probs(t.detach() * (c_old / lam_old.unsqueeze(1)))
-            # 0 <= KL(q || uniform) <= log K; clamp away rounding so lambda stays in range.
-            kl = (log_q.exp() * (log_q + log_k)).sum(dim=1).clamp(0.0, log_k)
+            # KL(q || uniform) = sum_k q_k log q_k + log K, in [0, log K]; clamp away rounding
+            # so lambda stays in range.
+            kl = (torch.linalg.vecdot(log_q.exp(), log_q) + log_k).clamp(0.0, log_k)
             lam = self.lambda0 * (1.0 - kl / (self.alpha * log_k))
             self.lambdas[ids] = lam.to(self.lambdas.dtype).to(self.lambdas.device)
         penalty = self.alpha * log_k / (2.0 * self.lambda0) * (lam - self.lambda0) ** 2
-        lam_min = self.lambda0 * (1.0 - 1.0 / self.alpha)  # the range of lambda_i
-        return _ldr_kl(t, c, target, self.margin, lam, lam_min) - penalty
+        return _ldr_kl(t, c, target, self.margin, lam) - penalty
 
 
 @LOSSES.register(
