@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lossbench.data.augment import crop_flip
-from lossbench.engine.packed import PackedTrainer, packable
+from lossbench.engine.packed import PackedTrainer, packable, train_packed
 from lossbench.engine.train import TrainConfig, Trainer
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
@@ -100,3 +100,17 @@ def test_dropout_models_are_not_packable() -> None:
     with pytest.raises(ValueError, match="dropout"):
         PackedTrainer([dropout], [LOSSES.get("ce").build({})], TrainConfig(epochs=1),
                       torch.device("cpu"), 1)
+
+
+def test_train_packed_stops_recording_a_diverged_member_only() -> None:
+    class Losses:  # stands in for PackedTrainer: member 1 diverges in epoch 2
+        def epoch(self, x, ys, gens, epoch):  # type: ignore[no-untyped-def]
+            return [1.0, float("nan") if epoch == 1 else 2.0, 3.0]
+
+    seen: list[tuple[int, float, str]] = []
+    outcomes = train_packed(Losses(), 3, torch.zeros(1), [torch.zeros(1)] * 3, [None] * 3,
+                            lambda: "eval", lambda m, loss, ev: seen.append((m, loss, ev)))
+    assert outcomes[0] is None and outcomes[2] is None
+    assert str(outcomes[1]) == "non-finite training loss at epoch 2"
+    assert [m for m, *_ in seen] == [0, 1, 2, 0, 2, 0, 2]
+    assert all(ev == "eval" for *_, ev in seen)

@@ -18,6 +18,7 @@ grouped convolutions).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -28,6 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from lossbench.engine.train import (
     OPTIMIZERS,
+    Diverged,
     Sampler,
     TrainConfig,
     batches,
@@ -152,3 +154,30 @@ class PackedTrainer:
             chunk = chunk if view is None else view(chunk)
             outs.append(self.forward(chunk.expand(members, *chunk.shape)))
         return torch.cat(outs, dim=1)
+
+
+def train_packed(
+    trainer: PackedTrainer,
+    epochs: int,
+    x: torch.Tensor,
+    ys: Sequence[torch.Tensor],
+    generators: Sequence[torch.Generator],
+    evaluate: Callable[[], Any],
+    record: Callable[[int, float, Any], None],
+) -> list[Diverged | None]:
+    """The packed epoch loop every family shares: train, ``evaluate()`` all members once, then
+    ``record(member, train_loss, evaluation)`` for each member still alive. A member whose loss
+    turns non-finite stops being recorded (its outcome, returned, is ``Diverged``, as in a
+    single run); the others go on."""
+    outcomes: list[Diverged | None] = [None] * len(ys)
+    for epoch in range(epochs):
+        train_losses = trainer.epoch(x, ys, generators, epoch)
+        evaluation = evaluate()
+        for m, train_loss in enumerate(train_losses):
+            if outcomes[m] is not None:
+                continue
+            if not math.isfinite(train_loss):
+                outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
+                continue
+            record(m, train_loss, evaluation)
+    return outcomes

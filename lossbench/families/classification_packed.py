@@ -8,13 +8,18 @@ models with dropout (see ``lossbench.engine.packed``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from lossbench.data.augment import crop_flip
-from lossbench.engine.packed import PACKED_RUNNERS, NotPackable, PackedTrainer, packable
+from lossbench.engine.packed import (
+    PACKED_RUNNERS,
+    NotPackable,
+    PackedTrainer,
+    packable,
+    train_packed,
+)
 from lossbench.engine.train import Diverged, TrainConfig, seed_everything
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.classification import (
@@ -51,26 +56,25 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     trainer = PackedTrainer(models, losses, cfg, device, steps,
                             augment=crop_flip if (cfg.augment and shared.image) else None)
     generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
-    ys = [d.y_train for d in datas]
     curves: list[dict[str, list[float]]] = [{k: [] for k in CURVES} for _ in ctxs]
-    outcomes: list[RunOutput | Diverged | None] = [None] * len(ctxs)
-    for epoch in range(cfg.epochs):
-        train_losses = trainer.epoch(shared.x_train, ys, generators, epoch)
-        val_out = trainer.predict(shared.x_val)
-        test_out = trainer.predict(shared.x_test)
-        for m, data in enumerate(datas):
-            if outcomes[m] is not None:
-                continue
-            if not math.isfinite(train_losses[m]):
-                outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
-                continue
-            val = classification_metrics(val_out[m], data.y_val, bins)
-            test = classification_metrics(test_out[m], data.y_test, bins)
-            for name, value in epoch_metrics(train_losses[m], val, test).items():
-                curves[m][name].append(value)
+    last: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+        last[:] = [(trainer.predict(shared.x_val), trainer.predict(shared.x_test))]
+        return last[0]
+
+    def record(m: int, train_loss: float, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+        val = classification_metrics(outputs[0][m], datas[m].y_val, bins)
+        test = classification_metrics(outputs[1][m], datas[m].y_test, bins)
+        for name, value in epoch_metrics(train_loss, val, test).items():
+            curves[m][name].append(value)
+
+    outcomes = train_packed(trainer, cfg.epochs, shared.x_train, [d.y_train for d in datas],
+                            generators, evaluate, record)
     finished: list[RunOutput | Diverged] = []
     for m, outcome in enumerate(outcomes):
-        if outcome is None:
+        if outcome is None:  # post-hoc calibration reads the last epoch's outputs
+            val_out, test_out = last[0]
             outcome = finish_run(spec, datas[m], curves[m], val_out[m], test_out[m], bins)
             outcome.info["packed"] = len(ctxs)
         finished.append(outcome)

@@ -9,13 +9,18 @@ initialisation, P x m batch order, augmentation draws and loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from lossbench.data.samplers import pk_sampler
-from lossbench.engine.packed import PACKED_RUNNERS, NotPackable, PackedTrainer, packable
+from lossbench.engine.packed import (
+    PACKED_RUNNERS,
+    NotPackable,
+    PackedTrainer,
+    packable,
+    train_packed,
+)
 from lossbench.engine.train import Diverged, TrainConfig, seed_everything
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.retrieval import (
@@ -51,30 +56,25 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
                             augment=train_view(data, cfg.augment))
     generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
-    outcomes: list[RunOutput | Diverged | None] = [None] * len(ctxs)
-    for epoch in range(cfg.epochs):
-        train_losses = trainer.epoch(data.x_train, [data.y_train] * len(ctxs), generators, epoch)
-        val = trainer.predict(data.x_val, view=data.view)
-        test = trainer.predict(data.x_test, view=data.view)
-        for m in range(len(ctxs)):
-            if outcomes[m] is not None:
-                continue
-            if not math.isfinite(train_losses[m]):
-                outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
-                continue
-            add_epoch(curves[m], train_losses[m], {
-                "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements,
-                                         ev.auc_bins),
-                "test": retrieval_metrics(test[m], data.y_test, ev.recall_at, ev.chunk_elements,
-                                          ev.auc_bins),
-            })
-    finished: list[RunOutput | Diverged] = []
-    for m, outcome in enumerate(outcomes):
-        if outcome is None:
-            outcome = RunOutput(final_metrics(curves[m]), curves[m],
-                                dict(data.info) | {"packed": len(ctxs)})
-        finished.append(outcome)
-    return finished
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+        return (trainer.predict(data.x_val, view=data.view),
+                trainer.predict(data.x_test, view=data.view))
+
+    def record(m: int, train_loss: float, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+        val, test = outputs
+        add_epoch(curves[m], train_loss, {
+            "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements,
+                                     ev.auc_bins),
+            "test": retrieval_metrics(test[m], data.y_test, ev.recall_at, ev.chunk_elements,
+                                      ev.auc_bins),
+        })
+
+    outcomes = train_packed(trainer, cfg.epochs, data.x_train, [data.y_train] * len(ctxs),
+                            generators, evaluate, record)
+    return [outcome or RunOutput(final_metrics(curves[m]), curves[m],
+                                 dict(data.info) | {"packed": len(ctxs)})
+            for m, outcome in enumerate(outcomes)]
 
 
 PACKED_RUNNERS["retrieval"] = run_retrieval_packed
