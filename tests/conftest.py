@@ -1,6 +1,17 @@
 """Test session settings: one torch thread per process, so test timings do not collapse when
-the machine's two cores are shared (several test processes, or other work)."""
+the machine's two cores are shared (several test processes, or other work); no source cache
+carried from one test to the next."""
 
+import pytest
 import torch
 
+from lossbench.data.sources import clear_source_cache
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_sources() -> None:
+    """Tests swap the files behind one ``[data]`` table (fixtures, shared-data fallbacks): each
+    test starts without the in-process source cache."""
+    clear_source_cache()

@@ -7,8 +7,10 @@ paths; offline with neither, a source raises a one-line ``UserError`` saying how
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -36,10 +38,35 @@ class RawSplits:
 SOURCES: Registry[RawSplits] = Registry("data source")
 
 
+CACHE_SIZE = 2
+_cache: OrderedDict[str, RawSplits] = OrderedDict()
+
+
 def load_source(data: Mapping[str, Any]) -> RawSplits:
-    """Build a task's ``[data]`` table: ``source`` names the source, other keys are its options."""
-    options = {k: v for k, v in data.items() if k != "source"}
-    return SOURCES.get(str(data.get("source", ""))).build(options)
+    """Build a task's ``[data]`` table: ``source`` names the source, other keys are its options.
+
+    The last ``CACHE_SIZE`` sources are kept in-process: a grid runs every seed and loss on the
+    same dataset, and decoding CIFAR's pickles costs ~1 s a run. Cached arrays are read-only, and
+    each caller gets its own ``meta`` dict, so no run can change another's data.
+    """
+    key = json.dumps(dict(data), sort_keys=True, default=str)
+    raw = _cache.get(key)
+    if raw is None:
+        options = {k: v for k, v in data.items() if k != "source"}
+        raw = SOURCES.get(str(data.get("source", ""))).build(options)
+        for array in (raw.x_train, raw.y_train, raw.x_test, raw.y_test, *raw.meta.values()):
+            if isinstance(array, np.ndarray):
+                array.setflags(write=False)
+        _cache[key] = raw
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    _cache.move_to_end(key)
+    return replace(raw, meta=dict(raw.meta))
+
+
+def clear_source_cache() -> None:
+    """Forget cached sources (tests that swap the files behind one ``[data]`` table)."""
+    _cache.clear()
 
 
 @SOURCES.register("sklearn-digits")

@@ -21,6 +21,24 @@ def image_view(x_fit: np.ndarray, device: torch.device, sample: int = 8192) -> V
     return lambda x: (x.float() / 255.0 - mean) / std
 
 
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel mean and unbiased std of uint8 images [N, C, H, W], in [0, 1] units.
+
+    From each channel's 256-bin histogram: one pass over the bytes, no float copy of the set
+    (a float32 copy of CIFAR's training set is 600 MB and took seconds per run).
+    """
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = np.bincount(images[:, c].ravel(), minlength=256).astype(np.float64)
+        mean = counts @ values / n
+        var = (counts @ values**2 - n * mean**2) / max(n - 1, 1)
+        means.append(mean)
+        stds.append(np.sqrt(max(var, 0.0)))
+    return np.array(means), np.array(stds)
+
+
 def identity(x: torch.Tensor) -> torch.Tensor:
     """The view of tabular data: already float features."""
     return x

@@ -188,7 +188,7 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
     dtype = torch.uint8 if image else torch.float32
 
     def put(part: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(part, dtype=dtype).to(device)
+        return torch.tensor(part, dtype=dtype).to(device)
 
     y_base = torch.as_tensor(np.searchsorted(groups.base, yb), dtype=torch.int64).to(device)
     info = {

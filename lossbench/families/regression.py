@@ -125,7 +125,7 @@ def prepare_data(spec: Mapping[str, Any], split: int, device: torch.device) -> R
         return torch.as_tensor((x - x_mean) / x_std, dtype=torch.float32).to(device)
 
     def original(y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(y, dtype=torch.float64).to(device)
+        return torch.tensor(y, dtype=torch.float64).to(device)
 
     y_fit = torch.as_tensor((y_all[fit] - y_mean) / y_std, dtype=torch.float32).to(device)
     info = {"split": split, "num_fit": len(fit), "num_val": len(val),

@@ -167,10 +167,10 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
     dtype = torch.uint8 if image else torch.float32
 
     def put(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=dtype).to(device)
+        return torch.tensor(x, dtype=dtype).to(device)
 
     def labels(y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(y, dtype=torch.int64).to(device)
+        return torch.tensor(y, dtype=torch.int64).to(device)
 
     info = {
         "num_train": len(train_idx), "num_val": len(val_idx), "num_test": len(y_te),
