@@ -92,15 +92,38 @@ def binary_f1(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of ``x`` with ties given their average rank (float64)."""
-    order = x.argsort()
-    _, inverse, counts = torch.unique_consecutive(x[order], return_inverse=True,
-                                                  return_counts=True)
-    ends = counts.cumsum(0).double()  # last 1-based rank of each tie group
-    group_rank = ends - (counts.double() - 1) / 2
-    ranks = torch.empty_like(group_rank[inverse])
-    ranks[order] = group_rank[inverse]
-    return ranks
+    """1-based ranks within each column of ``x`` [N, K], ties given their average rank (float64).
+
+    All columns at once, with no host synchronisation (a per-column loop with
+    ``unique_consecutive`` synced the GPU once per class): sort each column, mark where a tie
+    group starts, and carry each group's first and last position with ``cummax`` (forward and
+    over the flipped column); a group's rank is the mean of its first and last, 1-based.
+    """
+    values, order = x.T.sort(dim=1)  # [K, N]
+    n = values.shape[1]
+    position = torch.arange(n, device=x.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(dim=1).values
+    # Flipped, a group's last position is where it starts: the same cummax, mapped back.
+    last = (n - 1) - torch.where(ends.flip(1), position, 0).cummax(dim=1).values.flip(1)
+    ranks = torch.empty_like(values, dtype=torch.float64)
+    ranks.scatter_(1, order, (first + last).double() / 2 + 1)
+    return ranks.T
+
+
+def _mann_whitney_auc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Per-column AUROC (fraction) of ``scores`` [N, K] for the boolean labels ``positive``
+    [N, K]: the Mann-Whitney U from average ranks (exact, ties count one half); NaN where a
+    column has no positives or no negatives."""
+    n_pos = positive.sum(dim=0).double()
+    n_neg = len(positive) - n_pos
+    ranks = _average_ranks(scores.double())
+    u = (ranks * positive).sum(dim=0) - n_pos * (n_pos + 1) / 2
+    defined = (n_pos > 0) & (n_neg > 0)
+    return torch.where(defined, u / (n_pos * n_neg).clamp_min(1), torch.nan)
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -109,13 +132,7 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     Computed as the Mann-Whitney U statistic from average ranks (exact, ties included).
     Returns NaN when ``positive`` has no positives or no negatives.
     """
-    pos = positive.bool()
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(scores.double())
-    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
-    return 100.0 * (u / (n_pos * n_neg)).item()
+    return 100.0 * _mann_whitney_auc(scores[:, None], positive.bool()[:, None]).item()
 
 
 def auroc_ovr(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -124,14 +141,14 @@ def auroc_ovr(logits: torch.Tensor, y: torch.Tensor) -> float:
     K = 2: the binary AUROC of the margin ``z_1 - z_0`` (a monotone function of ``p_1``, so the
     same AUROC, but without the ties float32 probabilities of confident models produce). K > 2:
     the mean over classes of the AUROC of ``log p_k`` (float64), skipping classes absent from
-    ``y`` (or making up all of it).
+    ``y`` (or making up all of it); all classes are ranked in one batched pass.
     """
     if logits.shape[1] == 2:
         return auroc(logits[:, 1].double() - logits[:, 0].double(), y == 1)
     logp = F.log_softmax(logits.double(), dim=1)
-    values = [auroc(logp[:, k], y == k) for k in range(logits.shape[1])]
-    defined = [v for v in values if v == v]
-    return sum(defined) / len(defined) if defined else float("nan")
+    per_class = _mann_whitney_auc(logp, F.one_hot(y.long(), logits.shape[1]).bool())
+    defined = per_class[~per_class.isnan()]
+    return 100.0 * defined.mean().item() if len(defined) else float("nan")
 
 
 def nll(logits: torch.Tensor, y: torch.Tensor) -> float:

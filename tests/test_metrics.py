@@ -174,3 +174,13 @@ def test_final_metrics_last_epoch_and_both_selections() -> None:
     assert "test_nll@best_val" not in out  # only the selected metrics are repeated
     old = {k: v for k, v in curves.items() if k != "val_bacc"}  # curves recorded before val_bacc
     assert not any("best_val_bacc" in name for name in final_metrics(old))
+
+
+def test_average_ranks_of_every_column_match_scipy_with_heavy_ties() -> None:
+    from scipy.stats import rankdata
+
+    from lossbench.metrics import _average_ranks
+
+    x = torch.randint(0, 5, (60, 7), generator=torch.Generator().manual_seed(3)).double()
+    expected = np.stack([rankdata(x[:, k].numpy()) for k in range(7)], axis=1)
+    np.testing.assert_array_equal(_average_ranks(x).numpy(), expected)
