@@ -94,6 +94,26 @@ def test_packed_retrieval_runs_give_the_same_records(tmp_path: Path) -> None:
                                                         rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["episodic", "standard"])
+def test_packed_fewshot_runs_give_the_same_records(tmp_path: Path, mode: str) -> None:
+    """Prototype logits losses, an embedding loss and a few-shot loss in episodic mode; in
+    standard mode the group mixes logits and embedding losses, so it must fall back."""
+    losses = ["ce", "ldr", "ms", "proto-triplet"] if mode == "episodic" else ["ce", "ms"]
+    grid = ["run", *[a for loss in losses for a in ("--loss", loss)], "--task",
+            "digits-fewshot", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1",
+            "--set", f"fewshot.mode={mode}"]
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "8"])
+    assert result.exit_code == 0, result.output
+    records = Store(packed).records()
+    assert {r.get("packed") for r in records} == ({8} if mode == "episodic" else {None})
+    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
+    for rec in records:
+        for name, values in rec["curves"].items():
+            assert values == pytest.approx(expected[rec["run_key"]][name], rel=1e-4, abs=1e-4)
+
+
 def test_packed_image_runs_with_batchnorm_and_augmentation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from lossbench.data.augment import crop_flip
+
 View = Callable[[torch.Tensor], torch.Tensor]
+TrainView = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def image_view(x_fit: np.ndarray, device: torch.device, sample: int = 8192) -> View:
@@ -19,6 +22,19 @@ def image_view(x_fit: np.ndarray, device: torch.device, sample: int = 8192) -> V
     mean = pixels.mean(dim=(0, 2, 3), keepdim=True).to(device)
     std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6).to(device)
     return lambda x: (x.float() / 255.0 - mean) / std
+
+
+def train_view(view: View, image: bool, augment: bool) -> TrainView | None:
+    """Stored uint8 image rows -> training inputs (crop+flip from the run's generator when the
+    task augments, then ``view``); None for tabular data, which trains as stored."""
+    if not image:
+        return None
+
+    def to_inputs(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        xb = xb.float()
+        return view(crop_flip(xb, generator) if augment else xb)
+
+    return to_inputs
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

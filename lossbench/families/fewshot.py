@@ -30,7 +30,7 @@ before the nearest-prototype rule (SimpleShot; Wang et al. 2019); default ``none
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.data.augment import crop_flip
 from lossbench.data.episodes import (
     EvalEpisodes,
     draw_episodes,
@@ -50,7 +49,7 @@ from lossbench.data.episodes import (
 from lossbench.data.fewshot_sources import CLASS_SPLITS, ClassSplit, SplitConfig
 from lossbench.data.samplers import pk_sampler
 from lossbench.data.sources import RawSplits, load_source
-from lossbench.data.views import View, identity, image_view
+from lossbench.data.views import View, identity, image_view, train_view
 from lossbench.engine.train import Sampler, TrainConfig, Trainer, batches, seed_everything
 from lossbench.errors import UserError, require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -318,10 +317,9 @@ def train_sampler(fs: FewshotConfig, kind: str, cfg: TrainConfig, num_train: int
 # --------------------------------------------------------------------------------------------
 
 
-def embed(trainer: Trainer, x: torch.Tensor, view: View, norm: str) -> torch.Tensor:
-    """Embeddings of ``x`` in eval mode, float32 (L2-normalised if ``norm == "l2"``)."""
-    emb = trainer.predict(x, view=view)
-    return F.normalize(emb, dim=1) if norm == "l2" else emb
+def embed(emb: torch.Tensor, norm: str) -> torch.Tensor:
+    """Embeddings as scored: L2-normalised along the last axis if ``norm == "l2"``."""
+    return F.normalize(emb, dim=-1) if norm == "l2" else emb
 
 
 def tag(ways: int, shots: int) -> str:
@@ -332,6 +330,81 @@ def tag(ways: int, shots: int) -> str:
 def check_spec_loss(spec: Mapping[str, Any], loss: str) -> None:
     """Before the grid: can this spec's training mode train this loss?"""
     check_loss(loss, read_config(spec)[0].mode)
+
+
+def eval_episodes(data: FewshotData, ev: EvalConfig
+                  ) -> tuple[dict[str, EvalEpisodes], dict[str, EvalEpisodes]]:
+    """The fixed validation and test episodes of every setting (``eval.episode_seed``: the same
+    for every run seed and loss)."""
+    n_val = len(np.unique(data.y_val))
+    val_eps: dict[str, EvalEpisodes] = {}
+    test_eps: dict[str, EvalEpisodes] = {}
+    for w, s in ev.settings:
+        val_eps[tag(w, s)] = draw_episodes(data.y_val, min(w, n_val), s, ev.queries,
+                                           ev.val_episodes, ev.episode_seed, "val")
+        test_eps[tag(w, s)] = draw_episodes(data.y_novel, w, s, ev.queries, ev.test_episodes,
+                                            ev.episode_seed, "test")
+    return val_eps, test_eps
+
+
+def build_model(spec: Mapping[str, Any], data: FewshotData, fs: FewshotConfig) -> nn.Module:
+    """The task's model with an ``embedding_dim`` output."""
+    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
+    return MODELS.get(spec["model"]["name"]).build(
+        model_spec, in_shape=tuple(data.x_base.shape[1:]), out_dim=fs.embedding_dim)
+
+
+def build_loss(name: str, params: Mapping[str, Any], fs: FewshotConfig, kind: str,
+               data: FewshotData) -> Loss:
+    """The loss as this mode trains a loss of this kind (``ADAPTERS``)."""
+    setup = Setup(fs, data.num_base, len(data.x_base))
+    return ADAPTERS[(fs.mode, kind)](LOSSES.get(name), params, setup)
+
+
+def add_epoch(curves: dict[str, list[float]], train_loss: float, emb_val: torch.Tensor,
+              emb_novel: torch.Tensor, val_eps: Mapping[str, EvalEpisodes],
+              test_eps: Mapping[str, EvalEpisodes]) -> None:
+    """Append one epoch: training loss, and per setting the validation accuracy and the test
+    accuracy with its 95% CI, by the nearest-prototype rule on the given embeddings."""
+    curves.setdefault("train_loss", []).append(train_loss)
+    for key in test_eps:
+        val_mean, _ = mean_ci95(episode_accuracy(emb_val, val_eps[key]))
+        test_mean, test_ci = mean_ci95(episode_accuracy(emb_novel, test_eps[key]))
+        for name, value in ((f"val_acc_{key}", val_mean), (f"test_acc_{key}", test_mean),
+                            (f"test_ci95_{key}", test_ci)):
+            curves.setdefault(name, []).append(value)
+
+
+def final_metrics(curves: Mapping[str, list[float]], settings: Iterable[str]
+                  ) -> dict[str, float]:
+    """Per setting: last-epoch and best-validation test accuracy (± CI) and the selection."""
+    metrics = {"train_loss": curves["train_loss"][-1]}
+    for key in settings:
+        best = int(np.argmax(curves[f"val_acc_{key}"]))
+        for m in ("test_acc", "test_ci95"):
+            metrics[f"{m}_{key}"] = curves[f"{m}_{key}"][-1]
+            metrics[f"{m}_{key}@best_val"] = curves[f"{m}_{key}"][best]
+        metrics[f"val_acc_{key}"] = curves[f"val_acc_{key}"][-1]
+        metrics[f"best_val_acc_{key}"] = curves[f"val_acc_{key}"][best]
+        metrics[f"best_epoch_{key}"] = float(best + 1)
+    return metrics
+
+
+def run_info(data: FewshotData, fs: FewshotConfig, kind: str, steps: int,
+             val_eps: Mapping[str, EvalEpisodes], test_eps: Mapping[str, EvalEpisodes]
+             ) -> dict[str, Any]:
+    """The record's facts: data sizes, mode, loss kind, and the episodes' digests."""
+    return data.info | {
+        "mode": fs.mode, "loss_kind": kind, "steps_per_epoch": steps,
+        "val_ways": {k: e.ways for k, e in val_eps.items()},
+        "test_episodes": {k: e.digest for k, e in test_eps.items()},
+        "val_episodes": {k: e.digest for k, e in val_eps.items()},
+    }
+
+
+def check_base_ways(fs: FewshotConfig, data: FewshotData) -> None:
+    require(fs.train_ways <= data.num_base, f"fewshot.train_ways={fs.train_ways} exceeds the "
+            f"{data.num_base} base classes")
 
 
 @FAMILIES.register(
@@ -349,64 +422,26 @@ def run_fewshot(ctx: RunContext) -> RunOutput:
     cfg = TrainConfig.from_spec(spec["train"])
     kind = check_loss(ctx.loss, fs.mode)
     data = prepare_data(spec, split, ctx.device)
-    require(fs.train_ways <= data.num_base, f"fewshot.train_ways={fs.train_ways} exceeds the "
-            f"{data.num_base} base classes")
-    n_val = len(np.unique(data.y_val))
-    val_eps: dict[str, EvalEpisodes] = {}
-    test_eps: dict[str, EvalEpisodes] = {}
-    for w, s in ev.settings:
-        val_eps[tag(w, s)] = draw_episodes(data.y_val, min(w, n_val), s, ev.queries,
-                                           ev.val_episodes, ev.episode_seed, "val")
-        test_eps[tag(w, s)] = draw_episodes(data.y_novel, w, s, ev.queries, ev.test_episodes,
-                                            ev.episode_seed, "test")
+    check_base_ways(fs, data)
+    val_eps, test_eps = eval_episodes(data, ev)
 
     seed_everything(ctx.seed)
-    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
-    model = MODELS.get(spec["model"]["name"]).build(
-        model_spec, in_shape=tuple(data.x_base.shape[1:]), out_dim=fs.embedding_dim
-    ).to(ctx.device)
-    setup = Setup(fs, data.num_base, len(data.x_base))
-    loss = ADAPTERS[(fs.mode, kind)](LOSSES.get(ctx.loss), ctx.loss_params, setup).to(ctx.device)
+    model = build_model(spec, data, fs).to(ctx.device)
+    loss = build_loss(ctx.loss, ctx.loss_params, fs, kind, data).to(ctx.device)
     sampler, steps = train_sampler(fs, kind, cfg, len(data.x_base))
-    view = data.view
-
-    def train_view(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        xb = xb.float()
-        return view(crop_flip(xb, generator) if cfg.augment else xb)
-
     trainer = Trainer(model, loss, cfg, ctx.device, steps,
-                      augment=train_view if data.image else None, sampler=sampler)
+                      augment=train_view(data.view, data.image, cfg.augment), sampler=sampler)
     generator = torch.Generator().manual_seed(ctx.seed)
 
-    curves: dict[str, list[float]] = {"train_loss": []}
+    curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
-        curves["train_loss"].append(trainer.epoch(data.x_base, data.y_base, generator, epoch))
-        emb_val = embed(trainer, data.x_val, view, ev.norm)
-        emb_novel = embed(trainer, data.x_novel, view, ev.norm)
-        for key in test_eps:
-            val_mean, _ = mean_ci95(episode_accuracy(emb_val, val_eps[key]))
-            test_mean, test_ci = mean_ci95(episode_accuracy(emb_novel, test_eps[key]))
-            for name, value in ((f"val_acc_{key}", val_mean), (f"test_acc_{key}", test_mean),
-                                (f"test_ci95_{key}", test_ci)):
-                curves.setdefault(name, []).append(value)
+        train_loss = trainer.epoch(data.x_base, data.y_base, generator, epoch)
+        add_epoch(curves, train_loss, embed(trainer.predict(data.x_val, view=data.view), ev.norm),
+                  embed(trainer.predict(data.x_novel, view=data.view), ev.norm),
+                  val_eps, test_eps)
         first = next(iter(test_eps))
         ctx.report(epoch + 1, cfg.epochs, {"loss": curves["train_loss"][-1],
                                            f"val_{first}": curves[f"val_acc_{first}"][-1],
                                            f"test_{first}": curves[f"test_acc_{first}"][-1]})
-
-    metrics = {"train_loss": curves["train_loss"][-1]}
-    for key in test_eps:
-        best = int(np.argmax(curves[f"val_acc_{key}"]))
-        for m in ("test_acc", "test_ci95"):
-            metrics[f"{m}_{key}"] = curves[f"{m}_{key}"][-1]
-            metrics[f"{m}_{key}@best_val"] = curves[f"{m}_{key}"][best]
-        metrics[f"val_acc_{key}"] = curves[f"val_acc_{key}"][-1]
-        metrics[f"best_val_acc_{key}"] = curves[f"val_acc_{key}"][best]
-        metrics[f"best_epoch_{key}"] = float(best + 1)
-    info = data.info | {
-        "mode": fs.mode, "loss_kind": kind, "steps_per_epoch": steps,
-        "val_ways": {k: e.ways for k, e in val_eps.items()},
-        "test_episodes": {k: e.digest for k, e in test_eps.items()},
-        "val_episodes": {k: e.digest for k, e in val_eps.items()},
-    }
-    return RunOutput(metrics, curves, info)
+    return RunOutput(final_metrics(curves, test_eps), curves,
+                     run_info(data, fs, kind, steps, val_eps, test_eps))

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.data.augment import crop_flip
 from lossbench.data.samplers import pk_sampler
 from lossbench.data.sources import RawSplits, load_source, stratified_split
-from lossbench.data.views import View, identity, image_view
+from lossbench.data.views import View, identity, image_view, train_view
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -260,20 +259,6 @@ def build_model(spec: Mapping[str, Any], data: RetrievalData, ret: RetrievalConf
         model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=ret.embedding_dim)
 
 
-def train_view(data: RetrievalData, augment: bool
-               ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
-    """Stored image rows -> training inputs (crop+flip from the run's generator when the task
-    augments); None for tabular data, which trains as stored."""
-    if not data.image:
-        return None
-
-    def to_inputs(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        xb = xb.float()
-        return data.view(crop_flip(xb, generator) if augment else xb)
-
-    return to_inputs
-
-
 def add_epoch(curves: dict[str, list[float]], train_loss: float,
               scores: Mapping[str, Mapping[str, float]]) -> None:
     """Append one epoch: the training loss and each split's (``val``, ``test``) metrics."""
@@ -317,7 +302,7 @@ def run_retrieval(ctx: RunContext) -> RunOutput:
     loss = build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
                       len(data.x_train)).to(ctx.device)
     trainer = Trainer(model, loss, cfg, ctx.device, max(1, len(data.x_train) // cfg.batch_size),
-                      augment=train_view(data, cfg.augment),
+                      augment=train_view(data.view, data.image, cfg.augment),
                       sampler=pk_sampler(ret.samples_per_class))
     generator = torch.Generator().manual_seed(ctx.seed)
 

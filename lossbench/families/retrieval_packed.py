@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from lossbench.data.samplers import pk_sampler
+from lossbench.data.views import train_view
 from lossbench.engine.packed import (
     PACKED_RUNNERS,
     NotPackable,
@@ -30,7 +31,6 @@ from lossbench.families.retrieval import (
     final_metrics,
     prepare_data,
     read_config,
-    train_view,
 )
 from lossbench.metrics_retrieval import retrieval_metrics
 
@@ -53,7 +53,7 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
     trainer = PackedTrainer(models, losses, cfg, device,
                             max(1, len(data.x_train) // cfg.batch_size),
                             sampler=pk_sampler(ret.samples_per_class),
-                            augment=train_view(data, cfg.augment))
+                            augment=train_view(data.view, data.image, cfg.augment))
     generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
 
