@@ -186,13 +186,12 @@ def test_pack_auto_and_bad_values(tmp_path: Path) -> None:
 def test_unpackable_groups_fall_back_to_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lossbench.engine import executors
-    from lossbench.families import classification_packed
+    from lossbench.engine import executors, packed
 
     calls = []
     real = executors.run_one
     monkeypatch.setattr(executors, "run_one", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(classification_packed, "packable", lambda model: False)  # as with dropout
+    monkeypatch.setattr(packed, "packable", lambda model: False)  # as with dropout
     grid = ["run", "--loss", "ce", "--task", "digits-noisy", "--budget", "smoke", "--device",
             "cpu", "--seeds", "0,1", "--pack", "2", "--out", str(tmp_path)]
     result = runner.invoke(app, grid)

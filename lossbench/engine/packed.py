@@ -35,6 +35,7 @@ from lossbench.engine.train import (
     batches,
     lr_factor,
     param_groups,
+    seed_everything,
     set_lr,
 )
 
@@ -154,6 +155,24 @@ class PackedTrainer:
             chunk = chunk if view is None else view(chunk)
             outs.append(self.forward(chunk.expand(members, *chunk.shape)))
         return torch.cat(outs, dim=1)
+
+
+def build_members(
+    ctxs: Sequence[Any],
+    build: Callable[[Any], tuple[nn.Module, nn.Module]],
+    device: torch.device,
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Each member's (model, loss) from ``build(ctx)`` right after seeding with the member's seed,
+    as its single run does, so initial weights and loss state are the single run's."""
+    models, losses = [], []
+    for ctx in ctxs:
+        seed_everything(ctx.seed)
+        model, loss = build(ctx)
+        if not packable(model):
+            raise NotPackable("dropout in the model")
+        models.append(model.to(device))
+        losses.append(loss.to(device))
+    return models, losses
 
 
 def train_packed(

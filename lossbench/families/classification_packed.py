@@ -17,10 +17,10 @@ from lossbench.engine.packed import (
     PACKED_RUNNERS,
     NotPackable,
     PackedTrainer,
-    packable,
+    build_members,
     train_packed,
 )
-from lossbench.engine.train import Diverged, TrainConfig, seed_everything
+from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.classification import (
     CURVES,
@@ -38,16 +38,12 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     spec, device = ctxs[0].spec, ctxs[0].device
     cfg = TrainConfig.from_spec(spec["train"])
     bins = int(spec.get("eval", {}).get("ece_bins", 15))
-    datas, models, losses = [], [], []
-    for ctx in ctxs:  # the same order of RNG use as a single run: data, seed, model, loss
-        data = prepare_splits(spec, ctx.seed, device)
-        seed_everything(ctx.seed)
-        model = build_model(spec, data)
-        if not packable(model):
-            raise NotPackable("dropout in the model")
-        datas.append(data)
-        models.append(model.to(device))
-        losses.append(build_loss(ctx.loss, ctx.loss_params, data, ctx.seed).to(device))
+    datas = [prepare_splits(spec, ctx.seed, device) for ctx in ctxs]
+    by_seed = {ctx.seed: data for ctx, data in zip(ctxs, datas, strict=True)}
+    models, losses = build_members(
+        ctxs, lambda ctx: (build_model(spec, by_seed[ctx.seed]),
+                           build_loss(ctx.loss, ctx.loss_params, by_seed[ctx.seed], ctx.seed)),
+        device)
     shared = datas[0]
     if not all(torch.equal(d.x_train, shared.x_train) for d in datas[1:]):
         raise NotPackable("members see different training inputs")

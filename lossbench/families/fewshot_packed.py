@@ -19,10 +19,10 @@ from lossbench.engine.packed import (
     PACKED_RUNNERS,
     NotPackable,
     PackedTrainer,
-    packable,
+    build_members,
     train_packed,
 )
-from lossbench.engine.train import Diverged, TrainConfig, seed_everything
+from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.fewshot import (
     add_epoch,
@@ -51,14 +51,11 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
     data = prepare_data(spec, split, device)
     check_base_ways(fs, data)
     val_eps, test_eps = eval_episodes(data, ev)
-    models, losses = [], []
-    for ctx, kind in zip(ctxs, kinds, strict=True):  # a single run's order: seed, model, loss
-        seed_everything(ctx.seed)
-        model = build_model(spec, data, fs)
-        if not packable(model):
-            raise NotPackable("dropout in the model")
-        models.append(model.to(device))
-        losses.append(build_loss(ctx.loss, ctx.loss_params, fs, kind, data).to(device))
+    models, losses = build_members(
+        ctxs, lambda ctx: (build_model(spec, data, fs),
+                           build_loss(ctx.loss, ctx.loss_params, fs, check_loss(ctx.loss, fs.mode),
+                                      data)),
+        device)
     sampler, steps = train_sampler(fs, kinds[0], cfg, len(data.x_base))
     trainer = PackedTrainer(models, losses, cfg, device, steps, sampler=sampler,
                             augment=train_view(data.view, data.image, cfg.augment))

@@ -17,12 +17,11 @@ from lossbench.data.samplers import pk_sampler
 from lossbench.data.views import train_view
 from lossbench.engine.packed import (
     PACKED_RUNNERS,
-    NotPackable,
     PackedTrainer,
-    packable,
+    build_members,
     train_packed,
 )
-from lossbench.engine.train import Diverged, TrainConfig, seed_everything
+from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.retrieval import (
     add_epoch,
@@ -41,15 +40,11 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
     ret, split, ev = read_config(spec)
     cfg = TrainConfig.from_spec(spec["train"])
     data = prepare_data(spec, split, device)
-    models, losses = [], []
-    for ctx in ctxs:  # the same order of RNG use as a single run: seed, model, loss
-        seed_everything(ctx.seed)
-        model = build_model(spec, data, ret)
-        if not packable(model):
-            raise NotPackable("dropout in the model")
-        models.append(model.to(device))
-        losses.append(build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
-                                 len(data.x_train)).to(device))
+    models, losses = build_members(
+        ctxs, lambda ctx: (build_model(spec, data, ret),
+                           build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
+                                      len(data.x_train))),
+        device)
     trainer = PackedTrainer(models, losses, cfg, device,
                             max(1, len(data.x_train) // cfg.batch_size),
                             sampler=pk_sampler(ret.samples_per_class),
