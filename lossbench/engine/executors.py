@@ -4,6 +4,7 @@ writes the store. ``local`` runs in-process (default) or in a process pool (``--
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import traceback
@@ -81,20 +82,25 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
     records = [_record(cfg, dev) for cfg in group]
     ctxs = [RunContext(c.spec, c.loss, c.loss_params, c.seed, dev) for c in group]
     start = time.perf_counter()
+    retry = ""
     try:
         outcomes: list[RunOutput | Exception] = list(runner(ctxs))
     except NotPackable:
-        return [run_one(cfg, device) for cfg in group]
+        retry = "one by one"
     except torch.OutOfMemoryError:
-        del ctxs
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(group) // 2
-        return run_group(group[:half], device) + run_group(group[half:], device)
+        retry = "in halves"  # below, once the traceback no longer holds the members' tensors
     except UserError:
         raise
     except Exception as err:
         outcomes = [err] * len(group)
+    if retry == "one by one":
+        return [run_one(cfg, device) for cfg in group]
+    if retry == "in halves":
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(group) // 2
+        return run_group(group[:half], device) + run_group(group[half:], device)
     share = (time.perf_counter() - start) / len(group)
     return [_outcome(r, o, share) | {"packed": len(group)}
             for r, o in zip(records, outcomes, strict=True)]
