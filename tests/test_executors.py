@@ -27,6 +27,24 @@ def assert_same(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) 
         assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
 
 
+def packed_vs_single(tmp_path: Path, grid: list[str], pack: int, curves: tuple[str, ...] = (),
+                     rel: float = 1e-4, abs_: float = 1e-6) -> list[dict]:
+    """Run ``grid`` one by one and with ``--pack``; every packed record's curves (all, or those
+    named) must equal its single run's. Returns the packed records."""
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", str(pack)])
+    assert result.exit_code == 0, result.output
+    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
+    records = Store(packed).records()
+    assert {r["run_key"] for r in records} == set(expected)
+    for rec in records:
+        for name in curves or rec["curves"]:
+            assert rec["curves"][name] == pytest.approx(expected[rec["run_key"]][name], rel=rel,
+                                                        abs=abs_), name
+    return records
+
+
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
     out = tmp_path_factory.mktemp("local")
@@ -64,17 +82,9 @@ def test_bad_executor_options(tmp_path: Path) -> None:
 def test_packed_runs_give_the_same_records(tmp_path: Path) -> None:
     grid = ["run", "--loss", "ce", "--loss", "aldr", "--loss", "gce:q=0.5", "--task",
             "digits-noisy", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1"]
-    single, packed = tmp_path / "single", tmp_path / "packed"
-    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
-    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "6"])
-    assert result.exit_code == 0, result.output
-    records = Store(packed).records()
+    records = packed_vs_single(tmp_path, grid, 6, abs_=1e-4)
     assert {r.get("packed") for r in records} == {6}
-    assert_same(metrics_by_key(packed), metrics_by_key(single))
-    curves = {r["run_key"]: r["curves"] for r in Store(single).records()}
-    for rec in records:
-        for name, values in rec["curves"].items():
-            assert values == pytest.approx(curves[rec["run_key"]][name], abs=1e-4)
+    assert_same(metrics_by_key(tmp_path / "packed"), metrics_by_key(tmp_path / "single"))
 
 
 def test_packed_retrieval_runs_give_the_same_records(tmp_path: Path) -> None:
@@ -82,16 +92,9 @@ def test_packed_retrieval_runs_give_the_same_records(tmp_path: Path) -> None:
     cosine head, packed over P x m batches: the same records as one by one."""
     grid = ["run", "--loss", "ms", "--loss", "proxy-anchor", "--loss", "ce", "--task",
             "digits-retrieval", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1"]
-    single, packed = tmp_path / "single", tmp_path / "packed"
-    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
-    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "6"])
-    assert result.exit_code == 0, result.output
-    assert {r.get("packed") for r in Store(packed).records()} == {6}
-    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
-    for rec in Store(packed).records():
-        for name in ("train_loss", "test_map@r", "val_map@r"):
-            assert rec["curves"][name] == pytest.approx(expected[rec["run_key"]][name],
-                                                        rel=1e-4, abs=1e-5)
+    records = packed_vs_single(tmp_path, grid, 6, ("train_loss", "test_map@r", "val_map@r"),
+                               abs_=1e-5)
+    assert {r.get("packed") for r in records} == {6}
 
 
 @pytest.mark.parametrize("mode", ["episodic", "standard"])
@@ -102,16 +105,20 @@ def test_packed_fewshot_runs_give_the_same_records(tmp_path: Path, mode: str) ->
     grid = ["run", *[a for loss in losses for a in ("--loss", loss)], "--task",
             "digits-fewshot", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1",
             "--set", f"fewshot.mode={mode}"]
-    single, packed = tmp_path / "single", tmp_path / "packed"
-    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
-    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "8"])
-    assert result.exit_code == 0, result.output
-    records = Store(packed).records()
+    records = packed_vs_single(tmp_path, grid, 8, abs_=1e-4)
     assert {r.get("packed") for r in records} == ({8} if mode == "episodic" else {None})
-    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
-    for rec in records:
-        for name, values in rec["curves"].items():
-            assert values == pytest.approx(expected[rec["run_key"]][name], rel=1e-4, abs=1e-4)
+
+
+def test_packed_regression_groups_by_split_and_head(tmp_path: Path) -> None:
+    """Packs form per split (the seed) and head size: mse, huber and cs-div (one output) pack
+    per split, gauss-nll (two) and pinball (three) run alone; the records equal one by one."""
+    grid = ["run", "--loss", "mse", "--loss", "huber", "--loss", "cs-div", "--loss",
+            "gauss-nll", "--loss", "pinball", "--task", "diabetes", "--budget", "smoke",
+            "--device", "cpu", "--seeds", "0,1"]
+    records = packed_vs_single(tmp_path, grid, 8)
+    by_loss = {(r["config"]["loss"], r.get("packed")) for r in records}
+    assert by_loss == {("mse", 3), ("huber", 3), ("cs-div", 3), ("gauss-nll", None),
+                       ("pinball", None)}
 
 
 def test_packed_image_runs_with_batchnorm_and_augmentation(
@@ -132,15 +139,8 @@ def test_packed_image_runs_with_batchnorm_and_augmentation(
     grid = ["run", "--loss", "ce", "--loss", "sce", "--task", "cifar10-noisy", "--budget",
             "smoke", "--device", "cpu", "--seeds", "0,1", "--set", f"data.dir={folder}",
             "--set", "train.batch_size=16", "--set", "train.epochs=2", "--set", "train.lr=0.001"]
-    single, packed = tmp_path / "single", tmp_path / "packed"
-    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
-    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "4"])
-    assert result.exit_code == 0, result.output
-    assert {r.get("packed") for r in Store(packed).records()} == {4}
-    expected = {r["run_key"]: r["curves"] for r in Store(single).records()}
-    for rec in Store(packed).records():
-        for name in ("train_loss", "test_nll"):
-            assert rec["curves"][name] == pytest.approx(expected[rec["run_key"]][name], rel=1e-4)
+    records = packed_vs_single(tmp_path, grid, 4, ("train_loss", "test_nll"), abs_=0.0)
+    assert {r.get("packed") for r in records} == {4}
 
 
 def test_groups_out_of_memory_are_halved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path

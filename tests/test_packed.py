@@ -109,7 +109,7 @@ def test_train_packed_stops_recording_a_diverged_member_only() -> None:
 
     seen: list[tuple[int, float, str]] = []
     outcomes = train_packed(Losses(), 3, torch.zeros(1), [torch.zeros(1)] * 3, [None] * 3,
-                            lambda: "eval", lambda m, loss, ev: seen.append((m, loss, ev)))
+                            lambda: "eval", lambda m, epoch, loss, ev: seen.append((m, loss, ev)))
     assert outcomes[0] is None and outcomes[2] is None
     assert str(outcomes[1]) == "non-finite training loss at epoch 2"
     assert [m for m, *_ in seen] == [0, 1, 2, 0, 2, 0, 2]

@@ -126,10 +126,13 @@ def pack_size(pack: int | str, device: str) -> int:
 
 
 def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]]:
-    """Consecutive groups of at most ``pack`` runs sharing family, task, budget and spec."""
+    """Consecutive groups of at most ``pack`` runs sharing family, task, budget and spec, and
+    the family's ``pack_key`` where it declares one (regression: the split and head size)."""
     by_spec: dict[str, list[RunConfig]] = {}
     for cfg in configs:
-        key = json.dumps([cfg.family, cfg.spec], sort_keys=True, default=str)
+        pack_key = FAMILIES.get(cfg.family).tags.get("pack_key")
+        extra = pack_key(cfg.loss, cfg.loss_params, cfg.seed) if pack_key else None
+        key = json.dumps([cfg.family, cfg.spec, extra], sort_keys=True, default=str)
         by_spec.setdefault(key, []).append(cfg)
     return [runs[i : i + pack] for runs in by_spec.values() for i in range(0, len(runs), pack)]
 

@@ -182,12 +182,13 @@ def train_packed(
     ys: Sequence[torch.Tensor],
     generators: Sequence[torch.Generator],
     evaluate: Callable[[], Any],
-    record: Callable[[int, float, Any], None],
+    record: Callable[[int, int, float, Any], Diverged | None],
 ) -> list[Diverged | None]:
     """The packed epoch loop every family shares: train, ``evaluate()`` all members once, then
-    ``record(member, train_loss, evaluation)`` for each member still alive. A member whose loss
-    turns non-finite stops being recorded (its outcome, returned, is ``Diverged``, as in a
-    single run); the others go on."""
+    ``record(member, epoch, train_loss, evaluation)`` for each member still alive. A member
+    whose loss turns non-finite, or whose ``record`` returns a ``Diverged`` (a family's own
+    check, e.g. non-finite predictions), stops there with that outcome, as its single run
+    would; the others go on."""
     outcomes: list[Diverged | None] = [None] * len(ys)
     for epoch in range(epochs):
         train_losses = trainer.epoch(x, ys, generators, epoch)
@@ -198,5 +199,5 @@ def train_packed(
             if not math.isfinite(train_loss):
                 outcomes[m] = Diverged(f"non-finite training loss at epoch {epoch + 1}")
                 continue
-            record(m, train_loss, evaluation)
+            outcomes[m] = record(m, epoch, train_loss, evaluation)
     return outcomes

@@ -59,7 +59,8 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
         last[:] = [(trainer.predict(shared.x_val), trainer.predict(shared.x_test))]
         return last[0]
 
-    def record(m: int, train_loss: float, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def record(m: int, epoch: int, train_loss: float,
+               outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
         val = classification_metrics(outputs[0][m], datas[m].y_val, bins)
         test = classification_metrics(outputs[1][m], datas[m].y_test, bins)
         for name, value in epoch_metrics(train_loss, val, test).items():

@@ -66,7 +66,8 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
         return (embed(trainer.predict(data.x_val, view=data.view), ev.norm),
                 embed(trainer.predict(data.x_novel, view=data.view), ev.norm))
 
-    def record(m: int, train_loss: float, embeddings: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def record(m: int, epoch: int, train_loss: float,
+               embeddings: tuple[torch.Tensor, torch.Tensor]) -> None:
         emb_val, emb_novel = embeddings
         add_epoch(curves[m], train_loss, emb_val[m], emb_novel[m], val_eps, test_eps)
 

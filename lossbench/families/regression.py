@@ -28,14 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
-from lossbench.losses import LOSSES
+from lossbench.losses import LOSSES, Loss
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
+from lossbench.registry import PROBE_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,52 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
+def build_loss_and_model(spec: Mapping[str, Any], name: str, params: Mapping[str, Any],
+                         data: RegressionData) -> tuple[Loss, nn.Module]:
+    """The loss (its ``head_dim`` sizes the model), then the model: a single run's order of RNG
+    use after seeding."""
+    loss = LOSSES.get(name).build(params, num_train=len(data.x_train), train_inputs=data.x_train)
+    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
+    model = MODELS.get(spec["model"]["name"]).build(
+        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=int(loss.head_dim))
+    return loss, model
+
+
+def pack_key(loss: str, params: Mapping[str, Any], seed: int) -> tuple[int, int]:
+    """Runs that can share one packed computation: the same split (the seed is the split, so the
+    same inputs) and the same head size (the loss's ``head_dim``, built with stand-in context)."""
+    return seed, int(LOSSES.get(loss).build(params, **PROBE_CONTEXT).head_dim)
+
+
+def add_epoch(curves: dict[str, list[float]], train_loss: float, val: Mapping[str, float],
+              test: Mapping[str, float], epoch: int) -> Diverged | None:
+    """Append one epoch's scores; non-finite validation predictions end the run as diverged."""
+    if not math.isfinite(val["rmse"]):
+        return Diverged(f"non-finite predictions at epoch {epoch + 1}")
+    row = {"train_loss": train_loss, "val_rmse": val["rmse"]}
+    if "nll" in val:
+        row["val_nll"] = val["nll"]
+    row |= {f"test_{k}": v for k, v in test.items()}
+    for name, value in row.items():
+        curves.setdefault(name, []).append(value)
+    return None
+
+
+def run_info(data: RegressionData, curves: Mapping[str, list[float]], level: float | None,
+             ev: EvalConfig) -> dict[str, Any]:
+    info = dict(data.info)
+    if "test_coverage" in curves:
+        info["interval_level"] = level if level is not None else ev.interval
+    return info
+
+
 @FAMILIES.register(
     "regression",
     accepts=("regression",),
     summary=("test_rmse@best_val", "test_nll@best_val", "test_coverage@best_val"),
     check=check_spec,
     supplies=("num_train", "train_inputs"),
+    pack_key=pack_key,
 )
 def run_regression(ctx: RunContext) -> RunOutput:
     """Train a regressor with a regression loss; RMSE/MAE/NLL/coverage in original units."""
@@ -209,13 +251,8 @@ def run_regression(ctx: RunContext) -> RunOutput:
     _, ev = read_config(spec)
 
     seed_everything(ctx.seed)
-    loss = LOSSES.get(ctx.loss).build(
-        ctx.loss_params, num_train=len(data.x_train), train_inputs=data.x_train
-    ).to(ctx.device)
-    model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
-    model = MODELS.get(spec["model"]["name"]).build(
-        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=int(loss.head_dim)
-    ).to(ctx.device)
+    loss, model = build_loss_and_model(spec, ctx.loss, ctx.loss_params, data)
+    loss, model = loss.to(ctx.device), model.to(ctx.device)
     steps = max(1, len(data.x_train) // cfg.batch_size)
     trainer = Trainer(model, loss, cfg, ctx.device, steps)
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -228,19 +265,10 @@ def run_regression(ctx: RunContext) -> RunOutput:
     curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
-        val, test = score(data.x_val, data.y_val), score(data.x_test, data.y_test)
-        if not math.isfinite(val["rmse"]):
-            raise Diverged(f"non-finite predictions at epoch {epoch + 1}")
-        row = {"train_loss": train_loss, "val_rmse": val["rmse"]}
-        if "nll" in val:
-            row["val_nll"] = val["nll"]
-        row |= {f"test_{k}": v for k, v in test.items()}
-        for name, value in row.items():
-            curves.setdefault(name, []).append(value)
-        ctx.report(epoch + 1, cfg.epochs,
-                   {"loss": train_loss, "val_rmse": val["rmse"], "test_rmse": test["rmse"]})
-
-    info = dict(data.info)
-    if "test_coverage" in curves:
-        info["interval_level"] = level if level is not None else ev.interval
-    return RunOutput(final_metrics(curves), curves, info)
+        diverged = add_epoch(curves, train_loss, score(data.x_val, data.y_val),
+                             score(data.x_test, data.y_test), epoch)
+        if diverged is not None:
+            raise diverged
+        ctx.report(epoch + 1, cfg.epochs, {"loss": train_loss, "val_rmse": curves["val_rmse"][-1],
+                                           "test_rmse": curves["test_rmse"][-1]})
+    return RunOutput(final_metrics(curves), curves, run_info(data, curves, level, ev))

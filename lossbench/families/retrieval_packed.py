@@ -56,7 +56,8 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
         return (trainer.predict(data.x_val, view=data.view),
                 trainer.predict(data.x_test, view=data.view))
 
-    def record(m: int, train_loss: float, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def record(m: int, epoch: int, train_loss: float,
+               outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
         val, test = outputs
         add_epoch(curves[m], train_loss, {
             "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements,
