@@ -344,3 +344,21 @@ def test_cli_missing_dataset_is_one_line(tmp_path: Path, monkeypatch: Any) -> No
                                  "--seeds", "0", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Stanford Online Products not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cub_fixture_packed_runs_equal_single_runs(tmp_path: Path) -> None:
+    """Images stay uint8 on the device; each member's batches are cropped with its own
+    generator and standardised by the view, as in its single run."""
+    make_cub(tmp_path)
+    grid = ["run", "--loss", "ms", "--loss", "ce", "--task", "cub200", "--budget", "smoke",
+            "--seeds", "0,1", "--device", "cpu", "--set", f"data.dir={tmp_path}",
+            "--set", "train.epochs=2", "--set", "train.lr=0.001"]
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    assert runner.invoke(app, [*grid, "--out", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*grid, "--out", str(packed), "--pack", "4"])
+    assert result.exit_code == 0, result.output
+    expected = {r["run_key"]: r["curves"]["train_loss"] for r in Store(single).records()}
+    records = Store(packed).records()
+    assert {r.get("packed") for r in records} == {4} and len(records) == 4
+    for rec in records:
+        assert rec["curves"]["train_loss"] == pytest.approx(expected[rec["run_key"]], rel=1e-4)
