@@ -107,9 +107,10 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
 
 
 AUTO_PACK = {"cpu": 1, "cuda": 16}
-"""``--pack auto`` per device type. CPU: 1, because packing measured slower there (MLP 0.98x,
-CNNs 5-10x slower: vmap's grouped convolutions; benchmarks/RESULTS.md). CUDA: up to 16 runs,
-halved by ``run_group`` whenever a group does not fit in memory."""
+"""``--pack auto`` per device type. CPU: 1, because packing measured slower there (digits MLP
+grid at pack 8: 0.71x the runs/hour; CIFAR quick model at pack 4: 0.78x the images/s, vmap's
+grouped convolutions; benchmarks/RESULTS.md). CUDA: up to 16 runs, halved by ``run_group``
+whenever a group does not fit in memory (a guess until measured on a GPU)."""
 
 
 def pack_size(pack: int | str, device: str) -> int:
