@@ -9,6 +9,7 @@ models with dropout (see ``lossbench.engine.packed``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -24,6 +25,7 @@ from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.classification import (
     CURVES,
+    Splits,
     build_loss,
     build_model,
     classification_metrics,
@@ -38,16 +40,21 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     spec, device = ctxs[0].spec, ctxs[0].device
     cfg = TrainConfig.from_spec(spec["train"])
     bins = int(spec.get("eval", {}).get("ece_bins", 15))
-    datas = [prepare_splits(spec, ctx.seed, device) for ctx in ctxs]
-    by_seed = {ctx.seed: data for ctx, data in zip(ctxs, datas, strict=True)}
+    by_seed: dict[int, Splits] = {}
+    for seed in dict.fromkeys(ctx.seed for ctx in ctxs):  # one split per seed, in order
+        data = prepare_splits(spec, seed, device)
+        if by_seed:  # members share inputs: keep one copy on the device, not one per seed
+            first = next(iter(by_seed.values()))
+            if not torch.equal(data.x_train, first.x_train):
+                raise NotPackable("members see different training inputs")
+            data = replace(data, x_train=first.x_train, x_val=first.x_val, x_test=first.x_test)
+        by_seed[seed] = data
+    datas = [by_seed[ctx.seed] for ctx in ctxs]
     models, losses = build_members(
         ctxs, lambda ctx: (build_model(spec, by_seed[ctx.seed]),
                            build_loss(ctx.loss, ctx.loss_params, by_seed[ctx.seed], ctx.seed)),
         device)
     shared = datas[0]
-    if not all(torch.equal(d.x_train, shared.x_train) for d in datas[1:]):
-        raise NotPackable("members see different training inputs")
-
     steps = max(1, len(shared.x_train) // cfg.batch_size)
     trainer = PackedTrainer(models, losses, cfg, device, steps,
                             augment=crop_flip if (cfg.augment and shared.image) else None)
