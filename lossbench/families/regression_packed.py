@@ -37,9 +37,11 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
     data = prepare_data(spec, ctxs[0].seed, device)
     cfg = TrainConfig.from_spec(spec["train"])
     _, ev = read_config(spec)
-    models, losses = build_members(
-        ctxs, lambda ctx: build_loss_and_model(spec, ctx.loss, ctx.loss_params, data)[::-1],
-        device)
+    def member(ctx: RunContext) -> tuple[torch.nn.Module, torch.nn.Module]:
+        loss, model = build_loss_and_model(spec, ctx.loss, ctx.loss_params, data)
+        return model, loss
+
+    models, losses = build_members(ctxs, member, device)
     if len({int(loss.head_dim) for loss in losses}) > 1:
         raise NotPackable("losses ask for different head sizes")
     trainer = PackedTrainer(models, losses, cfg, device,
