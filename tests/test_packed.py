@@ -108,7 +108,7 @@ def test_train_packed_stops_recording_a_diverged_member_only() -> None:
             return [1.0, float("nan") if epoch == 1 else 2.0, 3.0]
 
     seen: list[tuple[int, float, str]] = []
-    outcomes = train_packed(Losses(), 3, torch.zeros(1), [torch.zeros(1)] * 3, [None] * 3,
+    outcomes = train_packed(Losses(), 3, torch.zeros(1), [torch.zeros(1)] * 3, [0, 1, 2],
                             lambda: "eval", lambda m, epoch, loss, ev: seen.append((m, loss, ev)))
     assert outcomes[0] is None and outcomes[2] is None
     assert str(outcomes[1]) == "non-finite training loss at epoch 2"

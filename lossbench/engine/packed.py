@@ -180,7 +180,7 @@ def train_packed(
     epochs: int,
     x: torch.Tensor,
     ys: Sequence[torch.Tensor],
-    generators: Sequence[torch.Generator],
+    seeds: Sequence[int],
     evaluate: Callable[[], Any],
     record: Callable[[int, int, float, Any], Diverged | None],
 ) -> list[Diverged | None]:
@@ -188,7 +188,9 @@ def train_packed(
     ``record(member, epoch, train_loss, evaluation)`` for each member still alive. A member
     whose loss turns non-finite, or whose ``record`` returns a ``Diverged`` (a family's own
     check, e.g. non-finite predictions), stops there with that outcome, as its single run
-    would; the others go on."""
+    would; the others go on. Each member's data order and augmentation come from a generator
+    seeded with its run seed, as in ``Trainer``'s single run."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     outcomes: list[Diverged | None] = [None] * len(ys)
     for epoch in range(epochs):
         train_losses = trainer.epoch(x, ys, generators, epoch)

@@ -58,7 +58,6 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     steps = max(1, len(shared.x_train) // cfg.batch_size)
     trainer = PackedTrainer(models, losses, cfg, device, steps,
                             augment=crop_flip if (cfg.augment and shared.image) else None)
-    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     curves: list[dict[str, list[float]]] = [{k: [] for k in CURVES} for _ in ctxs]
     last: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -74,7 +73,7 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
             curves[m][name].append(value)
 
     outcomes = train_packed(trainer, cfg.epochs, shared.x_train, [d.y_train for d in datas],
-                            generators, evaluate, record)
+                            [ctx.seed for ctx in ctxs], evaluate, record)
     finished: list[RunOutput | Diverged] = []
     for m, outcome in enumerate(outcomes):
         if outcome is None:  # post-hoc calibration reads the last epoch's outputs

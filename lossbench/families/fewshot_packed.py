@@ -45,7 +45,8 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
     spec, device = ctxs[0].spec, ctxs[0].device
     fs, split, ev = read_config(spec)
     cfg = TrainConfig.from_spec(spec["train"])
-    kinds = [check_loss(ctx.loss, fs.mode) for ctx in ctxs]
+    kind_of = {ctx.loss: check_loss(ctx.loss, fs.mode) for ctx in ctxs}
+    kinds = [kind_of[ctx.loss] for ctx in ctxs]
     if fs.mode != "episodic" and len({kind == "embeddings" for kind in kinds}) > 1:
         raise NotPackable("standard mode: logits and embedding losses draw different batches")
     data = prepare_data(spec, split, device)
@@ -53,13 +54,11 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
     val_eps, test_eps = eval_episodes(data, ev)
     models, losses = build_members(
         ctxs, lambda ctx: (build_model(spec, data, fs),
-                           build_loss(ctx.loss, ctx.loss_params, fs, check_loss(ctx.loss, fs.mode),
-                                      data)),
+                           build_loss(ctx.loss, ctx.loss_params, fs, kind_of[ctx.loss], data)),
         device)
     sampler, steps = train_sampler(fs, kinds[0], cfg, len(data.x_base))
     trainer = PackedTrainer(models, losses, cfg, device, steps, sampler=sampler,
                             augment=train_view(data.view, data.image, cfg.augment))
-    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
 
     def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +71,7 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
         add_epoch(curves[m], train_loss, emb_val[m], emb_novel[m], val_eps, test_eps)
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_base, [data.y_base] * len(ctxs),
-                            generators, evaluate, record)
+                            [ctx.seed for ctx in ctxs], evaluate, record)
     return [outcome or RunOutput(final_metrics(curves[m], test_eps), curves[m],
                                  run_info(data, fs, kinds[m], steps, val_eps, test_eps)
                                  | {"packed": len(ctxs)})

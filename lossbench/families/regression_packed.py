@@ -37,6 +37,7 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
     data = prepare_data(spec, ctxs[0].seed, device)
     cfg = TrainConfig.from_spec(spec["train"])
     _, ev = read_config(spec)
+
     def member(ctx: RunContext) -> tuple[torch.nn.Module, torch.nn.Module]:
         loss, model = build_loss_and_model(spec, ctx.loss, ctx.loss_params, data)
         return model, loss
@@ -46,7 +47,6 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
         raise NotPackable("losses ask for different head sizes")
     trainer = PackedTrainer(models, losses, cfg, device,
                             max(1, len(data.x_train) // cfg.batch_size))
-    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     levels = [getattr(loss, "interval_level", None) for loss in losses]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
 
@@ -63,7 +63,7 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
                          score(m, outputs[1], data.y_test), epoch)
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_train, [data.y_train] * len(ctxs),
-                            generators, evaluate, record)
+                            [ctx.seed for ctx in ctxs], evaluate, record)
     return [outcome or RunOutput(final_metrics(curves[m]), curves[m],
                                  run_info(data, curves[m], levels[m], ev) | {"packed": len(ctxs)})
             for m, outcome in enumerate(outcomes)]

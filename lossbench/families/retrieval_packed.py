@@ -49,7 +49,6 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
                             max(1, len(data.x_train) // cfg.batch_size),
                             sampler=pk_sampler(ret.samples_per_class),
                             augment=train_view(data.view, data.image, cfg.augment))
-    generators = [torch.Generator().manual_seed(ctx.seed) for ctx in ctxs]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
 
     def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +66,7 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
         })
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_train, [data.y_train] * len(ctxs),
-                            generators, evaluate, record)
+                            [ctx.seed for ctx in ctxs], evaluate, record)
     return [outcome or RunOutput(final_metrics(curves[m]), curves[m],
                                  dict(data.info) | {"packed": len(ctxs)})
             for m, outcome in enumerate(outcomes)]
