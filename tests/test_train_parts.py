@@ -82,3 +82,56 @@ def test_cuda_without_gpu_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(UserError, match="unknown device 'tpu'"):
         resolve_device("tpu")
     assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize(("momentum", "nesterov", "decay"), [
+    (0.9, False, 5e-4), (0.9, True, 5e-3), (0.0, False, 0.0), (0.5, False, 0.0)])
+def test_cpu_sgd_makes_torch_sgds_updates_bit_for_bit(momentum: float, nesterov: bool,
+                                                      decay: float) -> None:
+    """Two parameter groups (a loss's own parameters at 10x lr), a learning rate changed every
+    step, a parameter without a gradient in one step: the same bits as ``torch.optim.SGD``."""
+    from lossbench.engine.train import CpuSGD, set_lr
+
+    def params() -> list[torch.nn.Parameter]:
+        g = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in ((7, 5), (5,), (3, 4))]
+
+    ours, theirs = params(), params()
+
+    def groups(p: list[torch.nn.Parameter]) -> list[dict]:
+        return [{"params": p[:2], "lr_scale": 1.0}, {"params": p[2:], "lr_scale": 10.0}]
+
+    mine = CpuSGD(groups(ours), 0.1, momentum, nesterov, decay)
+    reference = torch.optim.SGD(groups(theirs), lr=0.1, momentum=momentum, nesterov=nesterov,
+                                weight_decay=decay)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        for opt, ps in ((mine, ours), (reference, theirs)):
+            set_lr(opt, 0.1 * (0.8**step))
+            opt.zero_grad(set_to_none=True)
+            for i, (p, grad) in enumerate(zip(ps, grads, strict=True)):
+                if not (step == 2 and i == 1):
+                    p.grad = grad.clone()
+            opt.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_training_on_cpu_does_not_import_dynamo() -> None:
+    """torch.optim's optimizers import torch._dynamo (1-3 s) on first use; a digits run must
+    not (fresh interpreter: this one may have imported it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom lossbench.engine.grid import expand\n"
+            "from lossbench.engine.executors import run_one\n"
+            "cfg = expand(['ce'], ['digits-noisy'], [0], 'smoke', ['train.epochs=1'])[0]\n"
+            "assert run_one(cfg, 'cpu')['status'] == 'ok'\n"
+            "print('torch._dynamo' in sys.modules, 'sklearn' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root, env=os.environ | {"PYTHONPATH": str(root)})
+    assert out.stdout.split() == ["False", "False"]

@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -70,18 +70,75 @@ class TrainConfig:
         return cfg
 
 
-def _sgd(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+class Optimizer(Protocol):
+    """What the engine needs of an optimizer: ``torch.optim.Optimizer`` or ``CpuSGD``."""
+
+    param_groups: list[dict[str, Any]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
+
+
+class CpuSGD:
+    """SGD with momentum, Nesterov and L2 weight decay, making the update ``torch.optim.SGD``
+    makes on CPU -- its per-tensor path, the same tensor operations in the same order, so the
+    same numbers -- without ``torch.optim.Optimizer``: its ``add_param_group``, ``zero_grad`` and
+    ``step`` go through ``torch._disable_dynamo``, which imports ``torch._dynamo`` on first use
+    (1-3 s in every fresh process, whatever ``foreach``/``fused``/``differentiable`` say).
+    On CUDA torch defaults to its multi-tensor kernels, so ``_sgd`` keeps ``torch.optim.SGD``.
+    """
+
+    def __init__(self, groups: Iterable[dict[str, Any]], lr: float, momentum: float,
+                 nesterov: bool, weight_decay: float) -> None:
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum requires a momentum")  # as torch.optim.SGD
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
+                    "weight_decay": weight_decay}
+        self.param_groups = [defaults | dict(group) for group in groups]
+        self.momentum_buffers: dict[torch.Tensor, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients (``set_to_none``, the only mode the engine uses)."""
+        if not set_to_none:
+            raise ValueError("CpuSGD.zero_grad drops gradients; set_to_none=False is not offered")
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=decay) if decay != 0 else p.grad
+                if momentum != 0:
+                    buf = self.momentum_buffers.get(p)
+                    if buf is None:
+                        buf = self.momentum_buffers[p] = grad.detach().clone()
+                    else:
+                        buf.mul_(momentum).add_(grad)
+                    grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                p.add_(grad, alpha=-lr)
+
+
+def _sgd(params: Any, cfg: TrainConfig) -> Optimizer:
+    groups = list(params)
+    if all(p.device.type == "cpu" for group in groups for p in group["params"]):
+        return CpuSGD(groups, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,
     )
 
 
-def _adamw(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _adamw(params: Any, cfg: TrainConfig) -> Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], Optimizer]] = {
     "sgd": _sgd,
     "adamw": _adamw,
 }
@@ -123,7 +180,7 @@ def param_groups(model_params: Iterable[nn.Parameter], loss: nn.Module) -> list[
     return groups
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
