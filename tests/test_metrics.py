@@ -13,7 +13,6 @@ from sklearn import metrics as skm
 from lossbench.families.classification import (
     CURVES,
     classification_metrics,
-    epoch_metrics,
     final_metrics,
 )
 from lossbench.metrics import (
@@ -218,23 +217,26 @@ def test_classification_metrics_row_and_binary_f1_only_for_two_classes() -> None
     assert "f1" not in row and {"top1", "bacc", "macro_f1", "auroc", "ada_ece", "brier"} <= set(row)
     binary = classification_metrics(*_random_problem(8, 120, 2), 15)
     assert "f1" in binary
-    names = set(epoch_metrics(0.5, row, row)) | set(epoch_metrics(0.5, binary, binary))
-    assert names == set(CURVES)  # every name a run can produce has a curve
+    assert {f"test_{name}" for name in row | binary} <= set(CURVES)  # each has a curve
 
 
-def _curves() -> dict[str, list[float]]:
-    curves = {name: [] for name in CURVES}
-    for epoch in range(4):
-        row = {m: float(10 * epoch + i) for i, m in enumerate(
-            ("top1", "top5", "bacc", "macro_f1", "auroc", "ece", "ada_ece", "nll", "brier"))}
-        val = {"top1": [50.0, 70.0, 60.0, 65.0][epoch], "bacc": [40.0, 45.0, 55.0, 50.0][epoch]}
-        for name, value in epoch_metrics(1.0 / (epoch + 1), val, row).items():
-            curves[name].append(value)
+TEST_ROW = ("top1", "top5", "bacc", "macro_f1", "auroc", "ece", "ada_ece", "nll", "brier")
+
+
+def _curves(epochs: bool) -> dict[str, list[float]]:
+    """Four epochs, all scored; ``epochs=False``: as recorded before curves listed their epochs."""
+    curves: dict[str, list[float]] = {
+        "train_loss": [1.0, 0.5, 1 / 3, 0.25],
+        "val_top1": [50.0, 70.0, 60.0, 65.0], "val_bacc": [40.0, 45.0, 55.0, 50.0],
+    } | {f"test_{m}": [float(10 * e + i) for e in range(4)] for i, m in enumerate(TEST_ROW)}
+    if epochs:
+        curves |= {"val_epoch": [1, 2, 3, 4], "test_epoch": [1, 2, 3, 4], "test_f1": []}
     return curves
 
 
-def test_final_metrics_last_epoch_and_both_selections() -> None:
-    curves = _curves()
+@pytest.mark.parametrize("epochs", [True, False])
+def test_final_metrics_last_epoch_and_both_selections(epochs: bool) -> None:
+    curves = _curves(epochs)
     out = final_metrics(curves)
     assert out["test_top1"] == curves["test_top1"][3] and out["test_brier"] == curves[
         "test_brier"][3]
@@ -247,6 +249,18 @@ def test_final_metrics_last_epoch_and_both_selections() -> None:
     assert "test_nll@best_val" not in out  # only the selected metrics are repeated
     old = {k: v for k, v in curves.items() if k != "val_bacc"}  # curves recorded before val_bacc
     assert not any("best_val_bacc" in name for name in final_metrics(old))
+
+
+def test_final_metrics_read_the_epochs_each_curve_lists() -> None:
+    """Validation scored every epoch, the test set at epochs 2, 4 and 5 only: each selection's
+    test value is looked up by epoch, not by position; ties select the first epoch."""
+    curves = {"train_loss": [5.0, 4.0, 3.0, 2.0, 1.0], "val_epoch": [1, 2, 3, 4, 5],
+              "val_top1": [10.0, 80.0, 70.0, 80.0, 60.0], "val_bacc": [1.0, 1.5, 1.2, 2.0, 1.9],
+              "test_epoch": [2, 4, 5], "test_top1": [20.0, 40.0, 50.0]}
+    out = final_metrics(curves)
+    assert out["test_top1"] == 50.0 and out["test_top1@best_val"] == 20.0
+    assert out["best_epoch"] == 2.0 and out["best_val_bacc_epoch"] == 4.0
+    assert out["test_top1@best_val_bacc"] == 40.0 and out["val_top1"] == 60.0
 
 
 def test_average_ranks_of_every_column_match_scipy_with_heavy_ties() -> None:

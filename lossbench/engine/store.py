@@ -119,15 +119,29 @@ def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def curve_points(curves: Mapping[str, list[float]]) -> list[tuple[str, int, float]]:
+    """(metric, 1-based epoch, value) of a record's curves. A curve ``<prefix>_...`` is measured
+    at the epochs listed in the curve ``<prefix>_epoch`` when the record has one (a family that
+    scores some epochs only, e.g. classification's ``val_epoch`` / ``test_epoch``), else once
+    per epoch; the ``*_epoch`` lists themselves are not points."""
+    points = []
+    for metric, values in curves.items():
+        if metric.endswith("_epoch") or not values:
+            continue
+        listed = curves.get(f"{metric.split('_', 1)[0]}_epoch")
+        epochs = [int(e) for e in listed] if listed else range(1, len(values) + 1)
+        points += [(metric, e, v) for e, v in zip(epochs, values, strict=False)]
+    return points
+
+
 def tidy_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     rows = [
         {
             "run_key": rec["run_key"], "task": rec["config"]["task"], "loss": rec["config"]["loss"],
             "loss_params": _params_text(rec["config"]["loss_params"]),
-            "seed": rec["config"]["seed"], "metric": metric, "epoch": epoch + 1, "value": value,
+            "seed": rec["config"]["seed"], "metric": metric, "epoch": epoch, "value": value,
         }
         for rec in records
-        for metric, values in (rec.get("curves") or {}).items()
-        for epoch, value in enumerate(values)
+        for metric, epoch, value in curve_points(rec.get("curves") or {})
     ]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
