@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossbench.engine.cpu_optim import CpuAdamW, CpuSGD
 from lossbench.errors import UserError, require
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,7 +72,7 @@ class TrainConfig:
 
 
 class Optimizer(Protocol):
-    """What the engine needs of an optimizer: ``torch.optim.Optimizer`` or ``CpuSGD``."""
+    """What the engine needs of an optimizer (``torch.optim``'s or ``engine.cpu_optim``'s)."""
 
     param_groups: list[dict[str, Any]]
 
@@ -80,62 +81,23 @@ class Optimizer(Protocol):
     def step(self) -> Any: ...
 
 
-class CpuSGD:
-    """SGD with momentum, Nesterov and L2 weight decay, making the update ``torch.optim.SGD``
-    makes on CPU -- its per-tensor path, the same tensor operations in the same order, so the
-    same numbers -- without ``torch.optim.Optimizer``: its ``add_param_group``, ``zero_grad`` and
-    ``step`` go through ``torch._disable_dynamo``, which imports ``torch._dynamo`` on first use
-    (1-3 s in every fresh process, whatever ``foreach``/``fused``/``differentiable`` say).
-    On CUDA torch defaults to its multi-tensor kernels, so ``_sgd`` keeps ``torch.optim.SGD``.
-    """
-
-    def __init__(self, groups: Iterable[dict[str, Any]], lr: float, momentum: float,
-                 nesterov: bool, weight_decay: float) -> None:
-        if nesterov and momentum <= 0:
-            raise ValueError("Nesterov momentum requires a momentum")  # as torch.optim.SGD
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
-                    "weight_decay": weight_decay}
-        self.param_groups = [defaults | dict(group) for group in groups]
-        self.momentum_buffers: dict[torch.Tensor, torch.Tensor] = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (``set_to_none``, the only mode the engine uses)."""
-        if not set_to_none:
-            raise ValueError("CpuSGD.zero_grad drops gradients; set_to_none=False is not offered")
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for group in self.param_groups:
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=decay) if decay != 0 else p.grad
-                if momentum != 0:
-                    buf = self.momentum_buffers.get(p)
-                    if buf is None:
-                        buf = self.momentum_buffers[p] = grad.detach().clone()
-                    else:
-                        buf.mul_(momentum).add_(grad)
-                    grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-                p.add_(grad, alpha=-lr)
+def _on_cpu(groups: list[dict[str, Any]]) -> bool:
+    return all(p.device.type == "cpu" for group in groups for p in group["params"])
 
 
 def _sgd(params: Any, cfg: TrainConfig) -> Optimizer:
+    """``torch.optim.SGD``'s update; on CPU by ``CpuSGD`` (same bits, no torch._dynamo import)."""
     groups = list(params)
-    if all(p.device.type == "cpu" for group in groups for p in group["params"]):
-        return CpuSGD(groups, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-    return torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+    sgd = CpuSGD if _on_cpu(groups) else torch.optim.SGD
+    return sgd(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+               weight_decay=cfg.weight_decay)
 
 
 def _adamw(params: Any, cfg: TrainConfig) -> Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """``torch.optim.AdamW``'s update; on CPU by ``CpuAdamW`` (same bits, no torch._dynamo)."""
+    groups = list(params)
+    adamw = CpuAdamW if _on_cpu(groups) else torch.optim.AdamW
+    return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], Optimizer]] = {
