@@ -8,11 +8,14 @@ spec, loss, params and seed are the same run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lossbench.errors import UserError, require
 
@@ -42,8 +45,17 @@ def load_task(name: str) -> dict[str, Any]:
     files = _task_files()
     if name not in files:
         raise UserError(f"unknown task '{name}'; accepted: {', '.join(task_names())}")
-    with files[name].open("rb") as fh:
-        return tomllib.load(fh)
+    path = files[name]
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"task file {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise UserError(f"task file {path} cannot be read: {err.strerror or err}") from None
+    require(isinstance(raw.get("family"), str), f"task file {path} has no family = \"...\"")
+    require(isinstance(raw.get("budget", {}), dict), f"task file {path}: budget must be a table")
+    return raw
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,3 +107,58 @@ def resolve_task(name: str, budget: str, overrides: Iterable[str] = ()) -> dict[
     spec["task"] = name
     spec["budget"] = budget
     return spec
+
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, tuple[X, ...], Literal, X | None), or
+    a UserError naming the key, the value and the type expected. No silent conversions: 2.5 is
+    no int, "abc" no float, 1 no bool."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _coerce(value, next(o for o in options if o is not type(None)), where)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        require(value in choices, f"{where} got {value!r}; accepted: "
+                                  + ", ".join(map(str, choices)))
+        return value
+    if origin is tuple:
+        require(isinstance(value, list | tuple), f"{where} got {value!r}; expected a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(v, item, where) for v in value)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        require(isinstance(value, dict), f"{where} got {value!r}; expected a table")
+        return value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        require(ok, f"{where} got {value!r}; expected a number")
+        return float(value)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        require(ok, f"{where} got {value!r}; expected an integer")
+        return value
+    if hint is bool:
+        require(isinstance(value, bool), f"{where} got {value!r}; expected true or false")
+        return value
+    if hint is str:
+        require(isinstance(value, str), f"{where} got {value!r}; expected a string")
+        return value
+    return value
+
+
+def typed_table(cls: type[C], table: Mapping[str, Any], name: str) -> C:
+    """A config dataclass from one spec table: unknown keys and wrong types are one-line
+    ``UserError``s naming the key and listing what is accepted (``--set train.epoch=1`` and
+    ``train.lr=abc`` must not start a run)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
+    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in table.items()}
+    return cls(**values)

@@ -1,7 +1,9 @@
 """Grid expansion: (loss specs x tasks x seeds) -> fully resolved run configs, each with a key.
 
 The run key is a hash of the fully resolved config (task spec after budget and ``--set``, loss
-name, loss params with defaults filled in, seed), so a changed default or override is a new run.
+name, loss params with defaults filled in, seed) and of what changes the numbers of the same
+config (the device type and the torch thread count), so a changed default, override or numeric
+setting is a new run and a results folder never mixes numbers under one key.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class RunConfig:
     loss_params: Mapping[str, Any]
     seed: int
     spec: Mapping[str, Any]
+    device: str = "cpu"
+    """Device type the run trains on (``cpu`` / ``cuda``): numbers differ between them."""
+    threads: int = 1
+    """Torch CPU threads of the run: float sums (and so numbers) depend on it."""
 
     @property
     def key(self) -> str:
@@ -54,7 +60,11 @@ def parse_seeds(text: str | None) -> list[int] | None:
     try:
         for part in text.split(","):
             lo, dash, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            first, last = int(lo), int(hi) if dash else int(lo)
+            require(first >= 0, f"bad --seeds {text!r}: seeds are >= 0")
+            require(first <= last, f"bad --seeds {text!r}: empty range {part.strip()}; "
+                                   "write low-high, e.g. 0-4")
+            seeds += list(range(first, last + 1))
     except ValueError:
         raise UserError(f"bad --seeds {text!r}; expected e.g. 0,1,2 or 0-4") from None
     require(len(seeds) == len(set(seeds)), f"bad --seeds {text!r}: repeated seed")
@@ -99,8 +109,11 @@ def expand(
     seeds: Sequence[int] | None,
     budget: str,
     overrides: Sequence[str] = (),
+    device: str = "cpu",
+    threads: int = 1,
 ) -> list[RunConfig]:
-    """The grid in run order (task, loss, seed), duplicates removed."""
+    """The grid in run order (task, loss, seed), duplicates removed; ``device`` is the device
+    type the runs will train on, ``threads`` their torch CPU thread count."""
     require(bool(losses), "no --loss given; try --loss ce or --loss all")
     require(bool(tasks), "no --task given; see `lossbench list tasks`")
     runs: dict[str, RunConfig] = {}
@@ -111,11 +124,13 @@ def expand(
         if check is not None:
             check(spec)
         task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
+        require(bool(task_seeds), f"task '{task}' has no seeds; pass --seeds, e.g. 0,1,2")
         check_loss = FAMILIES.get(family).tags.get("check_loss")
         for name, params in expand_losses(losses, family):
             if check_loss is not None:
                 check_loss(spec, name)
             for seed in task_seeds:
-                cfg = RunConfig(task, family, budget, name, params, int(seed), spec)
+                cfg = RunConfig(task, family, budget, name, params, int(seed), spec, device,
+                                threads)
                 runs.setdefault(cfg.key, cfg)
     return list(runs.values())
