@@ -200,6 +200,9 @@ def run(
     store = Store(out)
     finished = {} if force else {
         r["run_key"]: r for r in store.records() if r.get("status") in FINISHED}
+    for path, why in getattr(store, "unreadable", []):
+        console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
+                      "as not finished", highlight=False)
     todo = [c for c in configs if c.key not in finished]
     reused = [finished[c.key] for c in configs if c.key in finished]
     groups = len(pack_groups(todo, size)) if size > 1 else len(todo)
