@@ -184,5 +184,6 @@ def parse_spec(text: str) -> tuple[str, dict[str, str]]:
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         require(bool(eq) and bool(key), f"bad parameter {item!r} in {text!r}; expected key=value")
+        require(key.strip() not in params, f"parameter '{key.strip()}' given twice in {text!r}")
         params[key.strip()] = value.strip()
     return name, params

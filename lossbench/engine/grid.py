@@ -71,6 +71,17 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
+def task_default_seeds(spec: Mapping[str, Any]) -> list[int]:
+    """The spec's ``seeds`` (a list of integers >= 0), used when ``--seeds`` is not given."""
+    seeds = spec.get("seeds", [0])
+    ok = isinstance(seeds, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    require(ok and bool(seeds), f"task '{spec['task']}': seeds = {seeds!r}; expected a list of "
+                                "integers >= 0 (or pass --seeds, e.g. 0,1,2)")
+    require(len(seeds) == len(set(seeds)), f"task '{spec['task']}': repeated seed in {seeds}")
+    return list(seeds)
+
+
 def accepted_kinds(family: str) -> tuple[str, ...]:
     return tuple(FAMILIES.get(family).tags.get("accepts", ()))
 
@@ -123,8 +134,8 @@ def expand(
         check = FAMILIES.get(family).tags.get("check")
         if check is not None:
             check(spec)
-        task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
-        require(bool(task_seeds), f"task '{task}' has no seeds; pass --seeds, e.g. 0,1,2")
+        default_seeds = task_default_seeds(spec)  # checked even when --seeds replaces them
+        task_seeds = list(seeds) if seeds is not None else default_seeds
         check_loss = FAMILIES.get(family).tags.get("check_loss")
         for name, params in expand_losses(losses, family):
             if check_loss is not None:

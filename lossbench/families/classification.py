@@ -155,8 +155,9 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     check_common(spec)
     noise = dict(spec.get("noise", {"kind": "none"}))
     check_noise(str(noise.pop("kind", "none")), noise)
-    fraction = float(spec.get("split", {}).get("val_fraction", 0.1))
-    require(0.0 < fraction < 1.0, f"split.val_fraction must be in (0, 1), got {fraction}")
+    fraction = spec.get("split", {}).get("val_fraction", 0.1)
+    require(isinstance(fraction, int | float) and 0.0 < fraction < 1.0,
+            f"split.val_fraction must be a number in (0, 1), got {fraction!r}")
     if "binary" in spec:
         positive = spec["binary"].get("positive")
         require(isinstance(positive, int) and positive >= 0,

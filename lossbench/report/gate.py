@@ -70,6 +70,24 @@ def read_baseline(path: Path) -> pd.DataFrame:
     require(not missing, f"baseline '{path}' lacks columns {', '.join(missing)} (needs "
                          f"{', '.join(REQUIRED)})")
     require(len(table) > 0, f"baseline '{path}' has no rows")
+    numeric = ["mean", "std", "n"] + (["noise_rate"] if "noise_rate" in table else [])
+    for col in numeric:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table.loc[values.isna() & table[col].notna(), col]
+        if not bad.empty:
+            raise UserError(f"baseline '{path}': column {col} has a non-numeric value "
+                            f"{bad.iloc[0]!r} (row {bad.index[0] + 2}); expected numbers")
+        table[col] = values
+    require(table["mean"].notna().all() and table["n"].notna().all(),
+            f"baseline '{path}': every row needs a mean and an n")
+    negative = table.loc[table["std"] < 0, "std"]
+    if not negative.empty:
+        raise UserError(f"baseline '{path}': std {negative.iloc[0]:g} (row "
+                        f"{negative.index[0] + 2}) is negative")
+    not_count = table.loc[(table["n"] < 1) | (table["n"] % 1 != 0), "n"]
+    if not not_count.empty:
+        raise UserError(f"baseline '{path}': n {not_count.iloc[0]:g} (row "
+                        f"{not_count.index[0] + 2}) is not a count of seeds (an integer >= 1)")
     return table
 
 
