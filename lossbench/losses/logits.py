@@ -400,6 +400,8 @@ class MAE(Loss):
     ``L = ||softmax(z) - e_y||_1 = 2 (1 - p_y)``; symmetric: ``sum_k L(z, k) = 2K - 2``.
     Ghosh, Kumar & Sastry, AAAI 2017. (The official LDR repo's ``MAELoss`` computes
     ``sum_k (e_y - p)_k``, which is identically 0 -- a sign/abs bug; this one is the real MAE.)
+    The APL code's MAE baseline is the "reduced" ``1 - p_y``, half of this (as
+    ``nce+mae:mae_form=reduced``): its learning rates correspond to twice ours.
     """
 
     consumes = "logits"
