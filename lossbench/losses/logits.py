@@ -401,7 +401,7 @@ class MAE(Loss):
     Ghosh, Kumar & Sastry, AAAI 2017. (The official LDR repo's ``MAELoss`` computes
     ``sum_k (e_y - p)_k``, which is identically 0 -- a sign/abs bug; this one is the real MAE.)
     The APL code's MAE baseline is the "reduced" ``1 - p_y``, half of this (as
-    ``nce+mae:mae_form=reduced``): its learning rates correspond to twice ours.
+    ``nce+mae:mae_form=reduced``): with SGD, its learning rate eta is eta / 2 here.
     """
 
     consumes = "logits"
