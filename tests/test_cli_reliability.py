@@ -259,3 +259,16 @@ def test_bad_baseline_values_are_one_line(tmp_path: Path, column: str, value: st
     table.to_csv(baseline, index=False)
     code, text = invoke("gate", str(results), "--baseline", str(baseline))
     assert code == 2 and message in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_runs_differing_only_by_a_set_value_are_refused_alike(tmp_path: Path) -> None:
+    for epochs in ("1", "2"):
+        invoke("run", "--loss", "ce", *SMOKE[:-2], "--set", f"train.epochs={epochs}", "--seeds",
+               "0", "--out", str(tmp_path / "mixed"))
+    invoke("run", "--loss", "ce", *SMOKE, "--seeds", "0", "--out", str(tmp_path / "one"))
+    assert invoke("gate", str(tmp_path / "one"), "--write-baseline", str(tmp_path / "b.csv")
+                  )[0] == 0
+    for args in (["compare"], ["gate", "--write-baseline", str(tmp_path / "w.csv")],
+                 ["gate", "--baseline", str(tmp_path / "b.csv")]):
+        code, text = invoke(args[0], str(tmp_path / "mixed"), *args[1:])
+        assert code == 2 and "differ in config" in text, (args, text)

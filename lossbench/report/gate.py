@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from lossbench.errors import UserError, require
-from lossbench.report.compare import metric_per_family
+from lossbench.report.compare import check_one_run_per_seed, metric_per_family
 from lossbench.report.stats import higher_is_better
 
 CONDITIONS = ["task", "budget", "noise_kind", "noise_rate"]
@@ -54,6 +54,7 @@ def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = ()) -> pd.DataFra
     unknown = [m for m in chosen if m not in available]
     require(not unknown, f"unknown metric '{', '.join(unknown)}'; available: "
                          f"{', '.join(sorted(available))}")
+    check_one_run_per_seed(runs.drop_duplicates("run_key"), KEY[:-1])
     ok = _normalise(runs[(runs["status"] == "ok") & runs["metric"].isin(chosen)], KEY)
     table = ok.groupby(KEY, sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
     return table.rename(columns={"count": "n"})[BASELINE_COLUMNS]
@@ -156,6 +157,7 @@ def gate(baseline: pd.DataFrame, runs: pd.DataFrame, tolerance: float = 1.0, k: 
                         f"{show(base_sets)}, results have {show(run_sets)} "
                         f"({'/'.join(conditions)})")
 
+    check_one_run_per_seed(runs.drop_duplicates("run_key"), key[:-1])
     ok = runs[runs["status"] == "ok"]
     new = (ok.groupby(key)["value"].agg(["mean", "std", "count"])
            .rename(columns={"mean": "new_mean", "std": "new_std", "count": "new_n"}))
