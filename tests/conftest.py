@@ -1,6 +1,8 @@
 """Test session settings: one torch thread per process, so test timings do not collapse when
 the machine's two cores are shared (several test processes, or other work); no source cache
-carried from one test to the next."""
+carried from one test to the next; grids run in-process unless a test asks for workers."""
+
+import os
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from lossbench.data.sources import clear_source_cache
 
 torch.set_num_threads(1)
+os.environ["LOSSBENCH_WORKERS"] = "1"  # in-process runs; tests of --workers pass it explicitly
 
 
 @pytest.fixture(autouse=True)

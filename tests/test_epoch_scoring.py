@@ -148,9 +148,10 @@ def test_eval_every_end_to_end_keeps_the_scored_epochs_numbers(tmp_path: Path) -
 
 @pytest.mark.parametrize(("value", "message"), [
     ("0", "eval.every must be an int >= 1, got 0"),
-    ("2.5", "eval.every must be an int >= 1, got 2.5"),
-    ("true", "eval.every must be an int >= 1, got True"),
-    ("abc", "eval.every must be an int >= 1, got 'abc'"),
+    ("-3", "eval.every must be an int >= 1, got -3"),
+    ("2.5", "eval.every got 2.5; expected an integer"),
+    ("true", "eval.every got True; expected an integer"),
+    ("abc", "eval.every got 'abc'; expected an integer"),
 ])
 def test_bad_eval_every_is_one_line(tmp_path: Path, value: str, message: str) -> None:
     result = runner.invoke(app, [*SMOKE, "--set", f"eval.every={value}", "--out", str(tmp_path)])
@@ -164,4 +165,4 @@ def test_unknown_eval_keys_and_bad_test_curves_are_one_line(tmp_path: Path) -> N
     assert "eval.every" in result.output
     result = runner.invoke(app, [*SMOKE, "--set", "eval.test_curves=1", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "eval.test_curves must be true or false, got 1" in result.output
+    assert "eval.test_curves got 1; expected true or false" in result.output

@@ -76,7 +76,7 @@ def test_bad_executor_options(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "unknown executor 'slurm'; accepted: local, ray" in result.output
     result = runner.invoke(app, [*GRID, "--out", str(tmp_path), "--workers", "0"])
-    assert result.exit_code == 2 and "--workers must be >= 1" in result.output
+    assert result.exit_code == 2 and "--workers must be an integer >= 1 or 'auto'" in result.output
 
 
 def test_packed_runs_give_the_same_records(tmp_path: Path) -> None:

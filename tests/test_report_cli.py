@@ -79,8 +79,9 @@ def test_compare_user_errors(results: Path, args: list[str], message: str) -> No
 
 
 def test_missing_or_empty_results_are_one_line_errors(tmp_path: Path) -> None:
-    for command in ("compare", "leaderboard", "plot", "gate"):
-        code, out = invoke(command, str(tmp_path / "nope"))
+    for command, *options in [("compare",), ("leaderboard",), ("plot",),
+                              ("gate", "--baseline", str(tmp_path / "nope.csv"))]:
+        code, out = invoke(command, str(tmp_path / "nope"), *options)
         assert code == 2 and "does not exist" in out, (command, out)
     code, out = invoke("compare", str(tmp_path))
     assert code == 2 and "no runs in" in out

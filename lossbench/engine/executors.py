@@ -10,7 +10,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from multiprocessing import get_context
 from typing import Any
 
@@ -23,13 +22,14 @@ from lossbench.engine.train import Diverged, resolve_device
 from lossbench.errors import UserError
 from lossbench.families import FAMILIES, RunContext, RunOutput
 from lossbench.families.base import Reporter
+from lossbench.plugins import register_sources
 
 Record = dict[str, Any]
 
 
 def _record(cfg: RunConfig, dev: torch.device) -> Record:
     return {
-        "run_key": cfg.key, "config": asdict(cfg), "device": device_name(dev),
+        "run_key": cfg.key, "config": cfg.as_dict(), "device": device_name(dev),
         "versions": versions(), "git_commit": git_commit(), "started_at": now(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -53,6 +53,7 @@ def _outcome(record: Record, outcome: RunOutput | Exception, wall_s: float) -> R
 def run_one(cfg: RunConfig, device: str, report: Reporter | None = None) -> Record:
     """Train and score one config. Divergence and crashes become records; user errors propagate."""
     dev = resolve_device(device)
+    torch.set_num_threads(cfg.threads)
     ctx = RunContext(cfg.spec, cfg.loss, cfg.loss_params, cfg.seed, dev)
     if report is not None:
         ctx.report = report
@@ -79,6 +80,7 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
     if len(group) == 1 or runner is None:
         return [run_one(cfg, device) for cfg in group]
     dev = resolve_device(device)
+    torch.set_num_threads(group[0].threads)
     records = [_record(cfg, dev) for cfg in group]
     ctxs = [RunContext(c.spec, c.loss, c.loss_params, c.seed, dev) for c in group]
     start = time.perf_counter()
@@ -133,13 +135,14 @@ def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]
     for cfg in configs:
         pack_key = FAMILIES.get(cfg.family).tags.get("pack_key")
         extra = pack_key(cfg.loss, cfg.loss_params, cfg.seed) if pack_key else None
-        key = json.dumps([cfg.family, cfg.spec, extra], sort_keys=True, default=str)
+        key = json.dumps([cfg.family, cfg.spec, cfg.device, cfg.threads, extra], sort_keys=True,
+                         default=str)
         by_spec.setdefault(key, []).append(cfg)
     return [runs[i : i + pack] for runs in by_spec.values() for i in range(0, len(runs), pack)]
 
 
-def _pool_worker(group: Sequence[RunConfig], device: str, threads: int) -> list[Record]:
-    torch.set_num_threads(threads)
+def _pool_worker(group: Sequence[RunConfig], device: str) -> list[Record]:
+    register_sources(group)  # plug-in losses, loaded here by reference: nothing is pickled
     return run_group(group, device)
 
 
@@ -164,9 +167,8 @@ def run_local(
             else:
                 yield from run_group(group, device)
         return
-    threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_pool_worker, group, device, threads) for group in groups]
+        futures = [pool.submit(_pool_worker, group, device) for group in groups]
         try:
             for future in as_completed(futures):
                 yield from future.result()
@@ -203,7 +205,7 @@ def run_ray(
     remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run)(_pool_worker)
     size = pack_size(pack, device)
     groups = pack_groups(configs, size) if size > 1 else [[cfg] for cfg in configs]
-    pending = [remote.remote(group, device, 1) for group in groups]
+    pending = [remote.remote(group, device) for group in groups]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

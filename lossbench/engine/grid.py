@@ -1,7 +1,11 @@
 """Grid expansion: (loss specs x tasks x seeds) -> fully resolved run configs, each with a key.
 
 The run key is a hash of the fully resolved config (task spec after budget and ``--set``, loss
-name, loss params with defaults filled in, seed), so a changed default or override is a new run.
+name, loss params with defaults filled in, seed) and of what changes the numbers of the same
+config (the device type and the torch thread count), so a changed default, override or numeric
+setting is a new run and a results folder never mixes numbers under one key. A plug-in loss
+adds the sha256 of its source file (an edited loss is a new run); a task file from outside the
+package needs nothing more, its content being in the resolved spec.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lossbench import plugins
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.losses import LOSSES
-from lossbench.registry import Entry, check_params, parse_spec
-from lossbench.spec import resolve_task
+from lossbench.registry import Entry, check_params
+from lossbench.spec import outside_task_file, resolve_task
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,33 @@ class RunConfig:
     loss_params: Mapping[str, Any]
     seed: int
     spec: Mapping[str, Any]
+    device: str = "cpu"
+    """Device type the run trains on (``cpu`` / ``cuda``): numbers differ between them."""
+    threads: int = 1
+    """Torch CPU threads of the run: float sums (and so numbers) depend on it."""
+    loss_source: Mapping[str, str] | None = None
+    """Plug-in losses only: ``spec`` (the reference) and ``sha256`` (of the file defining it),
+    both in the key, and where a worker process loads it from (``target``, ``file``)."""
+    task_file: str | None = None
+    """Tasks from outside the package only: the TOML's path, recorded but not in the key (the
+    resolved ``spec`` is, so the file's content is covered)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as records store it; the plug-in fields appear only where set, so a
+        built-in run's record and key are unchanged by their existence."""
+        config = asdict(self)
+        for name in ("loss_source", "task_file"):
+            if config[name] is None:
+                del config[name]
+        return config
 
     @property
     def key(self) -> str:
-        return run_key(asdict(self))
+        config = self.as_dict()
+        config.pop("task_file", None)
+        if "loss_source" in config:  # the code's identity, not where it lies
+            config["loss_source"] = {k: config["loss_source"][k] for k in ("spec", "sha256")}
+        return run_key(config)
 
     @property
     def label(self) -> str:
@@ -54,33 +82,53 @@ def parse_seeds(text: str | None) -> list[int] | None:
     try:
         for part in text.split(","):
             lo, dash, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            first, last = int(lo), int(hi) if dash else int(lo)
+            require(first >= 0, f"bad --seeds {text!r}: seeds are >= 0")
+            require(first <= last, f"bad --seeds {text!r}: empty range {part.strip()}; "
+                                   "write low-high, e.g. 0-4")
+            seeds += list(range(first, last + 1))
     except ValueError:
         raise UserError(f"bad --seeds {text!r}; expected e.g. 0,1,2 or 0-4") from None
     require(len(seeds) == len(set(seeds)), f"bad --seeds {text!r}: repeated seed")
     return seeds
 
 
+def task_default_seeds(spec: Mapping[str, Any]) -> list[int]:
+    """The spec's ``seeds`` (a list of integers >= 0), used when ``--seeds`` is not given."""
+    seeds = spec.get("seeds", [0])
+    ok = isinstance(seeds, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    require(ok and bool(seeds), f"task '{spec['task']}': seeds = {seeds!r}; expected a list of "
+                                "integers >= 0 (or pass --seeds, e.g. 0,1,2)")
+    require(len(seeds) == len(set(seeds)), f"task '{spec['task']}': repeated seed in {seeds}")
+    return list(seeds)
+
+
 def accepted_kinds(family: str) -> tuple[str, ...]:
     return tuple(FAMILIES.get(family).tags.get("accepts", ()))
 
 
-def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str, Any]]]:
-    """Loss specs -> (name, resolved params). ``all`` means every loss the family accepts."""
+LossChoice = tuple[str, dict[str, Any], dict[str, str] | None]
+"""(loss name, resolved params, plug-in source or None)."""
+
+
+def expand_losses(specs: Iterable[str], family: str) -> list[LossChoice]:
+    """Loss specs -> (name, resolved params, plug-in source). ``all`` means every built-in
+    loss the family accepts; plug-ins (``plugins.parse_loss_spec``) get the same checks."""
     kinds = accepted_kinds(family)
     supplies = set(FAMILIES.get(family).tags.get("supplies", ()))
 
     def trainable(entry: Entry[Any]) -> bool:
         return entry.tags["consumes"] in kinds and set(entry.context) <= supplies
 
-    out: list[tuple[str, dict[str, Any]]] = []
+    out: list[LossChoice] = []
     for text in specs:
-        name, raw = parse_spec(text)
+        name, raw = plugins.parse_loss_spec(text)
         if name == "all":
             require(not raw, "'all' takes no parameters")
-            out += [(e.name, e.resolve({})) for e in LOSSES if trainable(e)]
+            out += [(e.name, e.resolve({}), None) for e in LOSSES if trainable(e)]
             continue
-        entry = LOSSES.get(name)
+        entry, source = plugins.lookup(name)
         consumes = entry.tags["consumes"]
         require(
             consumes in kinds,
@@ -89,7 +137,8 @@ def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str
         missing = sorted(set(entry.context) - supplies)
         require(not missing, f"loss '{name}' needs {', '.join(missing)}, which a {family} task "
                              "does not provide")
-        out.append((name, check_params(entry, raw)))
+        params = check_params(entry, raw) if source is None else plugins.probe(entry, raw)
+        out.append((name, params, source))
     return out
 
 
@@ -99,8 +148,11 @@ def expand(
     seeds: Sequence[int] | None,
     budget: str,
     overrides: Sequence[str] = (),
+    device: str = "cpu",
+    threads: int = 1,
 ) -> list[RunConfig]:
-    """The grid in run order (task, loss, seed), duplicates removed."""
+    """The grid in run order (task, loss, seed), duplicates removed; ``device`` is the device
+    type the runs will train on, ``threads`` their torch CPU thread count."""
     require(bool(losses), "no --loss given; try --loss ce or --loss all")
     require(bool(tasks), "no --task given; see `lossbench list tasks`")
     runs: dict[str, RunConfig] = {}
@@ -110,12 +162,15 @@ def expand(
         check = FAMILIES.get(family).tags.get("check")
         if check is not None:
             check(spec)
-        task_seeds = list(seeds) if seeds is not None else list(spec.get("seeds", [0]))
+        default_seeds = task_default_seeds(spec)  # checked even when --seeds replaces them
+        task_seeds = list(seeds) if seeds is not None else default_seeds
         check_loss = FAMILIES.get(family).tags.get("check_loss")
-        for name, params in expand_losses(losses, family):
+        task_file = outside_task_file(task)
+        for name, params, source in expand_losses(losses, family):
             if check_loss is not None:
                 check_loss(spec, name)
             for seed in task_seeds:
-                cfg = RunConfig(task, family, budget, name, params, int(seed), spec)
+                cfg = RunConfig(spec["task"], family, budget, name, params, int(seed), spec,
+                                device, threads, source, task_file)
                 runs.setdefault(cfg.key, cfg)
     return list(runs.values())

@@ -42,11 +42,14 @@ class Store:
         return self.records_dir / f"{key}.json"
 
     def write(self, record: Mapping[str, Any]) -> Path:
-        """Atomic: write a temp file in the same folder, fsync, rename over the final name."""
+        """Atomic: write a temp file in the same folder, fsync, rename over the final name.
+        The record gets the mode any new file gets here (mkstemp's 0600 would hide a shared
+        results folder from colleagues)."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
         target = self.path(str(record["run_key"]))
         fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=".tmp-", suffix=".json")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "w") as fh:
                 json.dump(record, fh, indent=1, sort_keys=True, default=str)
                 fh.flush()
@@ -57,16 +60,30 @@ class Store:
             raise
         return target
 
-    def read(self, key: str) -> dict[str, Any] | None:
-        path = self.path(key)
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())
-
-    def records(self) -> list[dict[str, Any]]:
+    def run_keys(self) -> list[str]:
+        """Keys of the record files (temp files of an unfinished write are never records)."""
         if not self.records_dir.is_dir():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+        return sorted(p.stem for p in self.records_dir.glob("*.json")
+                      if not p.name.startswith("."))
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        """The record of ``key``; None when it is missing or unreadable (see ``check_record``)."""
+        record, _ = _load(self.path(key))
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every readable record; unreadable ones are listed in ``self.unreadable`` (path,
+        why) and count as not finished, so a resume re-runs them."""
+        self.unreadable: list[tuple[Path, str]] = []
+        out = []
+        for key in self.run_keys():
+            record, problem = _load(self.path(key))
+            if record is None:
+                self.unreadable.append((self.path(key), problem))
+            else:
+                out.append(record)
+        return out
 
     def done_keys(self) -> set[str]:
         return {r["run_key"] for r in self.records() if r.get("status") in FINISHED}
@@ -81,6 +98,35 @@ class Store:
         runs.to_parquet(self.root / "runs.parquet", index=False)
         curves.to_parquet(self.root / "curves.parquet", index=False)
         return runs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_record(record: Any, key: str) -> str:
+    """Why ``record`` (parsed JSON of ``<key>.json``) is not a usable run record, or ''."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    if record.get("run_key") != key:
+        return f"its run_key {record.get('run_key')!r} does not match the file name"
+    if not isinstance(record.get("config"), dict) or not isinstance(record.get("status"), str):
+        return "it lacks a config or a status"
+    return ""
+
+
+def _load(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, '') or (None, why it cannot be used)."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"unreadable ({type(err).__name__}: {err})"
+    problem = check_record(record, path.stem)
+    return (None, problem) if problem else (record, "")
 
 
 def _params_text(params: Mapping[str, Any]) -> str:

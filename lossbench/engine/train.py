@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 
 from lossbench.engine.cpu_optim import CpuAdamW, CpuSGD
 from lossbench.errors import UserError, require
+from lossbench.spec import typed_table
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(model output, targets, example ids) -> per-example losses [N]."""
@@ -48,18 +49,20 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True
     augment: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, table: Mapping[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__) - {"extra"}
-        values = {k: v for k, v in table.items() if k in known}
-        if "milestones" in values:
-            values["milestones"] = tuple(values["milestones"])
-        cfg = cls(**values, extra={k: v for k, v in table.items() if k not in known})
+        """The checked ``[train]`` table: unknown keys, wrong types and bad ranges are one-line
+        user errors before any run starts."""
+        cfg = typed_table(cls, table, "train")
         require(cfg.epochs >= 1, f"train.epochs must be >= 1, got {cfg.epochs}")
         require(cfg.batch_size >= 2, f"train.batch_size must be >= 2, got {cfg.batch_size}")
         require(cfg.lr > 0, f"train.lr must be > 0, got {cfg.lr}")
+        require(cfg.momentum >= 0, f"train.momentum must be >= 0, got {cfg.momentum}")
+        require(cfg.weight_decay >= 0, f"train.weight_decay must be >= 0, got {cfg.weight_decay}")
+        require(cfg.gamma > 0, f"train.gamma must be > 0, got {cfg.gamma}")
+        require(cfg.warmup_epochs >= 0,
+                f"train.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
         require(
             cfg.optimizer in OPTIMIZERS,
             f"unknown train.optimizer '{cfg.optimizer}'; accepted: {', '.join(OPTIMIZERS)}",
@@ -154,16 +157,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _check_device_name(name: str) -> None:
+    require(name in DEVICE_CHOICES or (name.startswith("cuda:") and name[5:].isdigit()),
+            f"unknown device '{name}'; accepted: {', '.join(DEVICE_CHOICES)}, cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is a user error, not a traceback."""
-    choices = ("auto", "cpu", "cuda")
-    require(name in choices or name.startswith("cuda:"),
-            f"unknown device '{name}'; accepted: {', '.join(choices)}, cuda:N")
+    _check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' requested but CUDA is not available; use --device cpu")
     return torch.device(name)
+
+
+def device_type(name: str, check: bool = True) -> str:
+    """The device type (``cpu`` / ``cuda``) a ``--device`` value trains on, for the run key.
+    ``check`` also proves CUDA is there; a Ray driver skips that, its workers may have it."""
+    if check:
+        return resolve_device(name).type
+    _check_device_name(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name.split(":")[0]
 
 
 Sampler = Callable[[torch.Tensor, int, torch.Generator], Iterator[torch.Tensor]]

@@ -6,7 +6,6 @@ accepts (``accepts=("logits",)``); adapters let a family accept more than its na
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,9 +14,9 @@ import torch
 
 from lossbench.data.sources import SOURCES
 from lossbench.engine.train import TrainConfig
-from lossbench.errors import require
 from lossbench.models import MODELS
 from lossbench.registry import Registry
+from lossbench.spec import typed_table
 
 Reporter = Callable[[int, int, Mapping[str, float]], None]
 """(epoch done, epochs in all, live metrics) -> None; how a run shows progress."""
@@ -50,14 +49,9 @@ C = TypeVar("C")
 
 
 def config_table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
-    """A config dataclass from the spec table ``spec[name]`` (TOML lists become tuples); unknown
-    keys are a one-line UserError listing the accepted ones."""
-    table = dict(spec.get(name, {}))
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(table) - set(fields))
-    require(not unknown, f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"accepted: {', '.join(f'{name}.{k}' for k in fields)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+    """A config dataclass from the spec table ``spec[name]``; unknown keys and wrong types are a
+    one-line UserError listing the accepted ones."""
+    return typed_table(cls, spec.get(name, {}), name)
 
 
 def check_common(spec: Mapping[str, Any]) -> TrainConfig:

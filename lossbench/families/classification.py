@@ -159,8 +159,9 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     check_common(spec)
     noise = dict(spec.get("noise", {"kind": "none"}))
     check_noise(str(noise.pop("kind", "none")), noise)
-    fraction = float(spec.get("split", {}).get("val_fraction", 0.1))
-    require(0.0 < fraction < 1.0, f"split.val_fraction must be in (0, 1), got {fraction}")
+    fraction = spec.get("split", {}).get("val_fraction", 0.1)
+    require(isinstance(fraction, int | float) and 0.0 < fraction < 1.0,
+            f"split.val_fraction must be a number in (0, 1), got {fraction!r}")
     if "binary" in spec:
         positive = spec["binary"].get("positive")
         require(isinstance(positive, int) and positive >= 0,
@@ -184,17 +185,12 @@ class EvalConfig:
     reported metric may come from."""
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def read_eval(spec: Mapping[str, Any]) -> EvalConfig:
-    """The ``[eval]`` table, checked: unknown keys and bad values are one-line user errors."""
+    """The ``[eval]`` table, checked: unknown keys, wrong types and bad values are one-line
+    user errors."""
     ev = config_table(EvalConfig, spec, "eval")
-    require(_positive_int(ev.ece_bins), f"eval.ece_bins must be an int >= 1, got {ev.ece_bins!r}")
-    require(_positive_int(ev.every), f"eval.every must be an int >= 1, got {ev.every!r}")
-    require(isinstance(ev.test_curves, bool),
-            f"eval.test_curves must be true or false, got {ev.test_curves!r}")
+    require(ev.ece_bins >= 1, f"eval.ece_bins must be an int >= 1, got {ev.ece_bins}")
+    require(ev.every >= 1, f"eval.every must be an int >= 1, got {ev.every}")
     return ev
 
 

@@ -27,7 +27,13 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix not in READERS:
         raise UserError(f"cannot read '{path}': expected a results folder or a .parquet/.csv "
                         "runs table")
-    return READERS[path.suffix](path)
+    try:
+        return READERS[path.suffix](path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"'{path}' is not a readable {path.suffix[1:]} table "
+                        f"({type(err).__name__}); rebuild it from the records with `lossbench "
+                        f"tables {path.parent} --rebuild`, or delete it") from None
 
 
 def _read_one(path: Path) -> pd.DataFrame:
@@ -87,7 +93,7 @@ def load_curves(paths: Sequence[Path]) -> pd.DataFrame:
     for path in map(Path, paths):
         folder = path if path.is_dir() else path.parent
         if (folder / "curves.parquet").is_file():
-            tables.append(pd.read_parquet(folder / "curves.parquet"))
+            tables.append(_read_table(folder / "curves.parquet"))
         else:
             tables.append(tidy_curves(Store(folder).records()))
     tables = [t for t in tables if len(t)]

@@ -1,0 +1,214 @@
+"""``lossbench run``: the loss x task x seed grid, resumable, with Rich progress.
+
+Everything a user can get wrong is checked before the first run trains: options, loss and task
+specs, data presence, the device, and that ``--out`` is writable. Exit codes: 0 every run
+finished (``ok`` or ``diverged``, which is a result), 1 every run of this invocation failed, 3
+some failed, 2 a user mistake, 130 interrupted (Ctrl-C or SIGTERM; finished runs are saved).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from lossbench.commands.common import (
+    DEFAULT_OUT,
+    console,
+    errors,
+    plural,
+    split_multi,
+    user_errors,
+)
+from lossbench.engine.session import resolve_workers as resolve_workers  # re-exported
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lossbench.engine.grid import RunConfig
+    from lossbench.families.base import Reporter
+
+EXIT_ALL_FAILED = 1
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[tuple[Callable[[], None], Callable[[RunConfig], Reporter]]]:
+    """Rich progress: one bar for the grid, one for the epochs of the current run.
+
+    Yields ``advance`` (one run finished) and ``make_reporter`` (a per-run epoch reporter).
+    """
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=console,
+    )
+    with progress:
+        grid = progress.add_task("grid", total=total, live="")
+        epochs = progress.add_task("run", total=1, live="", visible=False)
+
+        def make_reporter(cfg: RunConfig) -> Reporter:
+            progress.reset(epochs, total=1, description=cfg.label, visible=True, live="")
+
+            def report(epoch: int, total_epochs: int, live: Mapping[str, float]) -> None:
+                text = "  ".join(f"{k} {v:.3f}" for k, v in live.items())
+                progress.update(epochs, completed=epoch, total=total_epochs, live=text)
+
+            return report
+
+        yield (lambda: progress.advance(grid)), make_reporter
+        progress.update(epochs, visible=False)
+
+
+def metric_header(metric: str) -> str:
+    """A short, distinct column header: ``test_top1@best_val`` -> ``top1\\n@best_val``."""
+    return metric.removeprefix("test_").replace("@", "\n@")
+
+
+def print_summary(runs: pd.DataFrame, title: str) -> None:
+    """A Rich table of mean ± std per task x loss for each family's summary metrics."""
+    from lossbench.families import FAMILIES
+    from lossbench.report.summary import mean_std, summarise
+
+    for family in runs["family"].dropna().unique():
+        rows = runs[runs["family"] == family]
+        present = set(rows["metric"].dropna())
+        metrics = [m for m in FAMILIES.get(family).tags.get("summary", ()) if m in present]
+        summary = summarise(rows, metrics)
+        table = Table(Column("task", overflow="fold"), Column("loss", no_wrap=True),
+                      Column("params", overflow="fold"), "n",
+                      *[Column(metric_header(m), justify="right") for m in metrics],
+                      title=f"{title} ({family})",
+                      caption="test metrics on clean labels: mean ± std over seeds")
+        for r in summary.to_dict("records"):
+            n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
+            cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
+            table.add_row(r["task"], r["loss"], r["loss_params"] or "—", n, *cells)
+        console.print(table)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill, ``timeout``) ends the grid as Ctrl-C does: saved, resumable."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _version_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Finished runs reused from ``--out`` made by other torch/lossbench versions: a warning,
+    since their numbers may differ from what this installation would give."""
+    from lossbench.engine.provenance import versions
+
+    now = versions()
+    notes = []
+    for lib in ("torch", "lossbench"):
+        other = sorted({str(r.get("versions", {}).get(lib)) for r in records} - {now[lib]})
+        if other:
+            n = sum(str(r.get("versions", {}).get(lib)) in other for r in records)
+            notes.append(f"{plural(n, 'finished run')} reused from the folder were made with "
+                         f"{lib} {', '.join(other)} (now {now[lib]}); their numbers may differ: "
+                         "add --force to re-run them")
+    return notes
+
+
+@user_errors
+def run(
+    loss: Annotated[list[str], typer.Option(
+        "--loss", "-l", metavar="SPEC", help="Loss spec: name[:k=v,...], module:Class[:k=v,...] "
+        "or file.py:Class[:k=v,...]; repeat for several; 'all' for every built-in loss the "
+        "task accepts.")],
+    task: Annotated[list[str], typer.Option(
+        "--task", "-t", metavar="NAME", help="Task name or path/to/task.toml; repeat or a,b.")],
+    seeds: Annotated[str | None, typer.Option(
+        metavar="LIST", help="e.g. 0,1,2 or 0-4 (default: the task's).")] = None,
+    budget: Annotated[str, typer.Option(metavar="TIER", help="smoke | quick | paper")] = "quick",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="Override a task spec field (e.g. noise.rate=0.3); repeat for several.")] = None,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto | cpu | cuda | cuda:N")
+                      ] = "auto",
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Output folder for records and "
+                                      "tables.")] = DEFAULT_OUT,
+    force: Annotated[bool, typer.Option(help="Re-run runs already finished.")] = False,
+    workers: Annotated[str, typer.Option(
+        metavar="N", envvar="LOSSBENCH_WORKERS",
+        help="Runs in parallel (process pool / Ray CPUs); 'auto': one per CPU core at --threads "
+             "each.")] = "auto",
+    threads: Annotated[int, typer.Option(
+        metavar="N", help="Torch CPU threads per run. Part of the run key: float sums, and so "
+        "the numbers, depend on it.")] = 1,
+    executor: Annotated[str, typer.Option(metavar="NAME", help="local | ray")] = "local",
+    address: Annotated[str, typer.Option(metavar="ADDR",
+                                         help="Ray: local | auto | ray://host:port")] = "local",
+    gpus_per_run: Annotated[float, typer.Option(metavar="FRACTION",
+                                                help="Ray: GPU fraction per run.")] = 0.0,
+    pack: Annotated[str, typer.Option(metavar="N", help="Train up to N runs of one task as one "
+                                      "batched computation; 'auto': 1 on CPU, up to 16 on "
+                                      "CUDA.")] = "1",
+) -> None:
+    """Run the loss x task x seed grid; resumes, skipping finished runs.
+
+    Loss spec: NAME[:k=v,...] (built-in, or a lossbench.losses entry point),
+    or your own: pkg.module:Class[:k=v,...] or path/file.py:Class[:k=v,...].
+    Task: NAME (tasks/, then $LOSSBENCH_TASKS folders, then lossbench.tasks
+    entry points) or path/to/task.toml (named after the file).
+    """
+    from lossbench.engine.grid import parse_seeds
+    from lossbench.engine.session import execute, plan
+
+    grid = plan(loss, split_multi(task), parse_seeds(seeds), budget, set_ or [], out=out,
+                device=device, force=force, workers=workers, threads=threads,
+                executor=executor, pack=pack, address=address, gpus_per_run=gpus_per_run)
+    configs, todo, reused, store, n_workers = (grid.configs, grid.todo, grid.reused, grid.store,
+                                                grid.workers)
+    for path, why in grid.unreadable:
+        console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
+                      "as not finished", highlight=False)
+    console.print(f"{plural(len(configs), 'run')} in the grid, {len(reused)} already finished, "
+                  f"{len(todo)} to run → {out}"
+                  + (f" ({plural(n_workers, 'worker')} × {plural(threads, 'thread')})"
+                     if todo else ""), highlight=False)
+    for note in _version_notes(reused):
+        console.print(f"[yellow]warning[/]: {note}", highlight=False)
+    statuses: list[str] = []
+    try:
+        with _sigterm_as_interrupt(), _progress(len(todo)) as (advance, make_reporter):
+            for record in execute(grid, make_reporter):
+                statuses.append(record["status"])
+                advance()
+                if record["status"] != "ok":
+                    console.print(f"[yellow]{record['status']}[/]: {record['run_key']} "
+                                  f"({record.get('reason', '')})", highlight=False)
+    except KeyboardInterrupt:
+        store.write_tables()
+        errors.print(f"interrupted: {plural(len(statuses), 'finished run')} this time "
+                     f"{'is' if len(statuses) == 1 else 'are'} saved in {out}; run the same "
+                     "command again to resume.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    runs = store.write_tables()
+    keys = {c.key for c in configs}
+    print_summary(runs[runs["run_key"].isin(keys)], "results")
+    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'runs.csv'}", highlight=False)
+    failed = statuses.count("failed")
+    if failed:
+        console.print(f"[red]{failed} of {plural(len(statuses), 'run')} failed[/]; `lossbench "
+                      f"show KEY --out {out}` gives the reason and traceback", highlight=False)
+        raise typer.Exit(EXIT_ALL_FAILED if failed == len(statuses) else EXIT_SOME_FAILED)
