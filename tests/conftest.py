@@ -1,6 +1,7 @@
 """Test session settings: one torch thread per process, so test timings do not collapse when
 the machine's two cores are shared (several test processes, or other work); no source cache
-carried from one test to the next."""
+carried from one test to the next; an empty ``$LOSSBENCH_DATA``, so a developer's downloads
+never decide a test (``../shared/data`` is still found, as in CI)."""
 
 import pytest
 import torch
@@ -8,6 +9,13 @@ import torch
 from lossbench.data.sources import clear_source_cache
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def empty_data_home(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$LOSSBENCH_DATA`` points at an empty folder (tests that download set their own)."""
+    monkeypatch.setenv("LOSSBENCH_DATA", str(tmp_path_factory.getbasetemp() / "data-home"))
 
 
 @pytest.fixture(autouse=True)
