@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ from lossbench.spec import BUDGETS, load_task, task_names
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 list_app = typer.Typer(no_args_is_help=True, help="List the catalogue: losses or tasks.")
 app.add_typer(list_app, name="list")
+app.add_typer(importlib.import_module("lossbench.cli_data").data_app, name="data")
 console = Console()
 errors = Console(stderr=True)
 
