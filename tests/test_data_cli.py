@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +103,14 @@ def leftovers(folder: Path) -> list[str]:
 def get(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, ["data", "get", *args])
     return result.exit_code, result.output
+
+
+def test_the_data_commands_import_without_torch_or_numpy() -> None:
+    code = ("import sys, lossbench.cli_data; "
+            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "[]"
 
 
 def test_mirror_url_replaces_scheme_and_host_only() -> None:
