@@ -189,7 +189,7 @@ def test_interrupted_download_leaves_nothing_and_a_retry_completes(
     serve(root, toy)
 
     class Interrupting(Progress):
-        """Ctrl-C at the third 1 KB chunk of a.txt (6 KB)."""
+        """Ctrl-C at the third progress update: within a.txt (6 KB, read 1 KB at a time)."""
 
         calls = 0
 

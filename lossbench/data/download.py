@@ -31,6 +31,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -105,12 +106,12 @@ def fetch_file(spec: DataFile, dest: Path, mirror: str, progress: Progress) -> F
     failure, with nothing left at ``dest`` that was not there before."""
     url = mirror_url(spec.url, mirror)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with part_file(dest) as part:
+    with part_file(dest) as part, _file_task(progress, spec.path) as task:
         response = _open(url)
         with response:
             announced = response.headers.get("Content-Length")
             total = int(announced) if announced and announced.isdigit() else None
-            task = progress.add_task(spec.path, total=total or spec.size or None)
+            progress.update(task, total=total or spec.size or None)
             sha, md5, received = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
             try:
                 with part.open("wb") as out:
@@ -135,6 +136,16 @@ def fetch_file(spec: DataFile, dest: Path, mirror: str, progress: Progress) -> F
                             "nothing was written")
         os.replace(part, dest)
     return Fetched(dest, spec.has_checksum)
+
+
+@contextlib.contextmanager
+def _file_task(progress: Progress, name: str) -> Iterator[TaskID]:
+    """A bar for one file, removed when the file is done (a set may have hundreds of files)."""
+    task = progress.add_task(name, total=None)
+    try:
+        yield task
+    finally:
+        progress.remove_task(task)
 
 
 def progress_bar(console: Console) -> Progress:
@@ -163,10 +174,13 @@ def get(dataset: Dataset, to: Path | None, mirror: str, console: Console) -> Get
         raise UserError(f"data set '{dataset.name}' has no download: {dataset.origin}")
     report = GetReport(folder, [], [], derived)
     with progress_bar(console) as progress:
+        overall = progress.add_task(f"{dataset.name} ({len(downloadable)} files)",
+                                    total=sum(f.size for f in downloadable) or None)
         for spec in downloadable:
             dest = folder / spec.path
             if check_file(dest, spec) in ("verified", "unverified"):  # never partial: atomic
                 report.present.append(spec.path)
-                continue
-            report.fetched.append(fetch_file(spec, dest, mirror, progress))
+            else:
+                report.fetched.append(fetch_file(spec, dest, mirror, progress))
+            progress.update(overall, advance=spec.size)
     return report
