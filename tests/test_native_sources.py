@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.model_selection import KFold
 
 from lossbench.data import locate
@@ -23,7 +24,8 @@ from lossbench.data.tabular_sets import (
     stratified_holdout,
 )
 from lossbench.errors import UserError
-from lossbench.families.classification import kfold_split, subset
+from lossbench.families.classification import check_spec, kfold_split, prepare_splits, subset
+from lossbench.spec import resolve_task
 
 
 @pytest.fixture(autouse=True)
@@ -303,3 +305,17 @@ def test_subset_is_seeded_sorted_and_bounded() -> None:
     assert len(part) == 10 and np.all(np.diff(part) > 0) and set(part) <= set(idx)
     assert np.array_equal(subset(idx, 10, seed=3), part)
     assert subset(idx, 0, seed=3) is idx and subset(idx, 500, seed=3) is idx
+
+
+def test_kfold_validates_on_fold_seed_mod_k_and_limits_subsample() -> None:
+    spec = resolve_task("digits-noisy", "smoke", ["split.kfold=5", "split.test_limit=100"])
+    raw = SOURCES.get("sklearn-digits").build({})
+    data = prepare_splits(spec, seed=7, device=torch.device("cpu"))
+    train, val = kfold_split(len(raw.y_train), 5, 2)  # seed 7 -> fold 2
+    np.testing.assert_allclose(data.x_val.numpy(), raw.x_train[val])
+    np.testing.assert_allclose(data.x_train.numpy(), raw.x_train[train])
+    assert len(data.x_test) == 100
+    with pytest.raises(UserError, match=r"split\.kfold must be 0"):
+        check_spec(resolve_task("digits-noisy", "smoke", ["split.kfold=1"]))
+    with pytest.raises(UserError, match=r"split\.test_limit must be an int >= 0"):
+        check_spec(resolve_task("digits-noisy", "smoke", ["split.test_limit=-3"]))
