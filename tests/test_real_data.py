@@ -103,3 +103,17 @@ def test_uci_boston_smoke_reads_the_shared_splits(tmp_path: Path) -> None:
     needs("UCI_Datasets")
     record = run_smoke(tmp_path, "uci-boston", "mse")
     assert record["info"]["split"] == 0 and np.isfinite(record["metrics"]["test_rmse"])
+
+
+def test_vowel_and_statlog_tasks_run_their_smoke_budget(tmp_path: Path) -> None:
+    needs("vowel")
+    needs("statlog")
+    tasks = ["vowel-noisy", *(f"{name}-noisy" for name in STATLOG_SPLITS)]
+    out = tmp_path / "out"
+    args = ["run", "--loss", "ce", "--budget", "smoke", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args + [a for t in tasks for a in ("--task", t)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert sorted(r["config"]["task"] for r in records) == sorted(tasks)
+    assert all(r["status"] == "ok" for r in records)
+    assert all(r["info"]["noise"]["kind"] == "uniform" for r in records)
