@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from lossbench.commands import catalogue, inspect, reports, run
+from lossbench.commands import catalogue, data, inspect, reports, run
 
 
 def _no_help_metavar(command: Any, ctx: Any) -> Any:
@@ -37,6 +37,8 @@ app = _app("Which loss should I train with, for this task, under these condition
            "runs the loss x task x seed grid and reports it.")
 list_app = _app("List the catalogue: losses or tasks.")
 app.add_typer(list_app, name="list")
+data_app = _app("Data sets: where they are, whether intact, how to get them.")
+app.add_typer(data_app, name="data")
 
 for name, command in [
     ("run", run.run), ("runs", inspect.runs), ("show", inspect.show),
@@ -46,6 +48,8 @@ for name, command in [
     app.command(name, cls=Command)(command)
 list_app.command("losses", cls=Command)(catalogue.list_losses)
 list_app.command("tasks", cls=Command)(catalogue.list_tasks)
+data_app.command("list", cls=Command)(data.list_data)
+data_app.command("get", cls=Command)(data.get_data)
 
 
 def main() -> None:

@@ -131,10 +131,10 @@ def test_packed_image_runs_with_batchnorm_and_augmentation(
     the members' convolutions into one grouped convolution, whose float summation order differs
     (~1e-6); at the task's lr, max-pool near-ties amplify that to ~1e-3 within an epoch, so the
     test trains at a small lr, where augmentation draws still change every loss value."""
-    from lossbench.data import cifar
+    from lossbench.data import locate
     from tests.test_cifar_sources import write_cifar10
 
-    monkeypatch.setattr(cifar, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "no-shared-data")
     folder = write_cifar10(tmp_path / "data")
     grid = ["run", "--loss", "ce", "--loss", "sce", "--task", "cifar10-noisy", "--budget",
             "smoke", "--device", "cpu", "--seeds", "0,1", "--set", f"data.dir={folder}",

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.data import retrieval_sources
+from lossbench.data import locate
 from lossbench.data.samplers import pk_batches, pk_sampler
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.engine.grid import expand
@@ -220,7 +220,7 @@ def test_sop_fixture_uses_the_ebay_files(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_one_line_user_error(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(retrieval_sources, "SHARED_DATA", tmp_path / "nothing")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "nothing")
     with pytest.raises(UserError, match=r"CUB-200-2011 not found: pass --set data.dir=") as err:
         SOURCES.get("cub200").build({})
     assert "\n" not in str(err.value)
@@ -339,7 +339,7 @@ def test_cub_fixture_trains_end_to_end_with_class_validation(tmp_path: Path) -> 
 
 
 def test_cli_missing_dataset_is_one_line(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(retrieval_sources, "SHARED_DATA", tmp_path / "nothing")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "nothing")
     result = runner.invoke(app, ["run", "--loss", "ms", "--task", "sop", "--budget", "smoke",
                                  "--seeds", "0", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Stanford Online Products not found" in result.output
