@@ -157,7 +157,8 @@ _LDR_PAPER = (
 )
 
 
-@LOSSES.register("ldr", consumes="logits", paper=_LDR_PAPER + " (LDR-KL loss)")
+@LOSSES.register("ldr", consumes="logits", paper=_LDR_PAPER + " (LDR-KL loss)",
+                 space={"lambda": (0.1, 1.0, 10.0)})
 class LDRKL(Loss):
     """LDR-KL: KL-regularised worst-case label distribution, a smoothed top-1 margin loss.
 
@@ -194,7 +195,8 @@ class LDRKL(Loss):
         return _ldr_kl(t, c, target, self.margin, self.lam)
 
 
-@LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)")
+@LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)",
+                 space={"lambda0": (0.1, 1.0, 10.0)})
 class ALDRKL(Loss):
     """ALDR-KL: LDR-KL with a per-example temperature lambda_i adapted to label uncertainty.
 
@@ -265,6 +267,7 @@ class ALDRKL(Loss):
 @LOSSES.register(
     "gce",
     consumes="logits",
+    space={"q": (0.05, 0.7, 0.95)},
     paper="Zhang & Sabuncu, Generalized Cross Entropy Loss for Training Deep Neural Networks "
     "with Noisy Labels, NeurIPS 2018 (L_q loss)",
 )
@@ -289,6 +292,8 @@ class GeneralizedCE(Loss):
 @LOSSES.register(
     "sce",
     consumes="logits",
+    # The LDR code's SCELoss(balance=b, A=4): (1-b) CE + b * 4 (1 - p_y), b in {0.05, 0.5, 0.95}.
+    space=[{"alpha": round(1.0 - b, 6), "beta": b, "A": -4.0} for b in (0.05, 0.5, 0.95)],
     paper="Wang, Ma, Chen, Luo, Yi, Bailey, Symmetric Cross Entropy for Robust Learning with "
     "Noisy Labels, ICCV 2019",
 )
@@ -342,7 +347,8 @@ class _ActivePassive(Loss):
         return self.alpha * _nce(z, target) + self.beta * self.passive(z, target)
 
 
-@LOSSES.register("nce+rce", consumes="logits", paper=_APL_PAPER + " (APL: NCE+RCE)")
+@LOSSES.register("nce+rce", consumes="logits", paper=_APL_PAPER + " (APL: NCE+RCE)",
+                 space=[{"alpha": a, "beta": round(10.0 - a, 6)} for a in (0.1, 5.0, 9.9)])
 class NCEandRCE(_ActivePassive):
     """Active-passive loss NCE + RCE: alpha*NCE + beta*RCE.
 
@@ -562,6 +568,7 @@ class CompSum(Loss):
 @LOSSES.register(
     "cs-hinge",
     consumes="logits",
+    space={"margin": (0.1, 1.0, 10.0)},
     paper="Crammer & Singer, On the Algorithmic Implementation of Multiclass Kernel-based "
     "Vector Machines, JMLR 2001",
 )
@@ -586,6 +593,7 @@ class CrammerSingerHinge(Loss):
 @LOSSES.register(
     "ww-hinge",
     consumes="logits",
+    space={"margin": (0.1, 1.0, 10.0)},
     paper="Weston & Watkins, Support Vector Machines for Multi-Class Pattern Recognition, "
     "ESANN 1999",
 )
