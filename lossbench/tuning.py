@@ -111,6 +111,35 @@ def equal_budget(points: list[Point], trials: int, loss: str) -> list[Point]:
     return [points[i] for i in keep]
 
 
+def tuned_specs(specs: Sequence[str], space_options: Sequence[str], trials: int | None
+                ) -> list[str]:
+    """``--loss`` specs -> one spec per trial point, every tuned loss at the same budget (see the
+    module docstring). A plug-in loss (not in the registry) is kept as one point."""
+    from lossbench.losses import LOSSES
+    from lossbench.registry import parse_spec
+
+    overrides: dict[str, dict[str, list[str]]] = {}
+    for text in space_options:
+        loss, param, values = parse_space_option(text)
+        overrides.setdefault(loss, {})[param] = values
+    require(trials is None or trials >= 1, f"--trials must be >= 1, got {trials}")
+    plans: list[tuple[str, dict[str, str], list[Point]]] = []
+    kept: list[str] = []
+    for text in specs:
+        name, raw = parse_spec(text)
+        require(name != "all", "--tune needs the losses named: 'all' has no single search "
+                               "space; list them (or use a suite's losses)")
+        if name not in LOSSES:
+            kept.append(text)
+            continue
+        plans.append((name, raw, space_for(LOSSES.get(name), raw, overrides.get(name, {}))))
+    unknown = sorted(set(overrides) - {name for name, _, _ in plans})
+    require(not unknown, f"--space names {', '.join(unknown)}, which no --loss tunes")
+    budget = trials or max((len(points) for _, _, points in plans), default=1)
+    return kept + [spec_text(name, {**raw, **point}) for name, raw, points in plans
+                   for point in equal_budget(points, budget, name)]
+
+
 def spec_text(name: str, params: Mapping[str, Any]) -> str:
     """A loss spec for the grid: ``name:k=v,...``."""
     if not params:
@@ -138,9 +167,14 @@ def criterion_for(family: str, metric: str | None) -> Criterion:
 
     name = metric or DEFAULT_CRITERIA.get(family, "")
     require(bool(name), f"no default tuning criterion for family '{family}'; pass --tune-metric")
-    require(not name.startswith("test_"),
-            f"--tune-metric {name} is a test metric; tuning reads validation metrics only")
+    check_tune_metric(name)
     return Criterion(name, higher_is_better(name))
+
+
+def check_tune_metric(name: str | None) -> None:
+    """A test metric is never a tuning criterion."""
+    require(not (name or "").startswith("test_"),
+            f"--tune-metric {name} is a test metric; tuning reads validation metrics only")
 
 
 def _params_key(params: Mapping[str, Any]) -> str:
@@ -153,7 +187,7 @@ def select(configs: Sequence[RunConfig], store: Store, metric: str | None = None
     criterion over its seeds; write one tuning record per choice; return them."""
     groups: dict[tuple[str, str], dict[str, list[RunConfig]]] = {}
     for cfg in configs:
-        setting = _spec_key(cfg)
+        setting = setting_key(cfg)
         groups.setdefault((setting, cfg.loss), {}).setdefault(
             _params_key(cfg.loss_params), []).append(cfg)
     out = []
@@ -191,7 +225,8 @@ def select(configs: Sequence[RunConfig], store: Store, metric: str | None = None
     return out
 
 
-def _spec_key(cfg: RunConfig) -> str:
+def setting_key(cfg: RunConfig) -> str:
+    """What identifies a setting: the task's resolved spec at its budget and numerics."""
     return hashlib.sha256(json.dumps([cfg.task, cfg.budget, cfg.spec, cfg.device, cfg.threads],
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -96,3 +96,70 @@ def test_selection_reads_validation_only_and_counts_failures_as_worst(tmp_path: 
     assert saved["chosen_keys"] == record["chosen_keys"]
     marks = run_marks(tmp_path)
     assert sorted(marks.values()).count("chosen") == 2 and len(marks) == 6
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from lossbench.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+SMOKE = ["--task", "digits-noisy", "--budget", "smoke", "--device", "cpu", "--seeds", "0,1",
+         "--set", "train.epochs=1"]
+
+
+def test_run_tune_trains_every_point_and_records_the_choice(tmp_path: Path) -> None:
+    code, text = _invoke("run", "--loss", "ce", "--loss", "gce", "--tune", *SMOKE,
+                         "--space", "gce.q=0.3,0.7", "--out", str(tmp_path))
+    assert code == 0, text
+    assert "6 runs in the grid" in text and "tuning (validation only)" in text
+    [ce, gce] = sorted(json.loads(p.read_text())["loss"] for p in (tmp_path / "tuning").glob(
+        "*.json"))
+    assert (ce, gce) == ("ce", "gce")
+    records = {json.loads(p.read_text())["loss"]: json.loads(p.read_text())
+               for p in (tmp_path / "tuning").glob("*.json")}
+    assert records["gce"]["trials"] == 2 and len(records["gce"]["chosen_keys"]) == 2
+    code, text = _invoke("run", "--loss", "ce", "--loss", "gce", "--tune", *SMOKE,
+                         "--space", "gce.q=0.3,0.7", "--out", str(tmp_path))
+    assert code == 0 and "6 already finished, 0 to run" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--loss", "gce", "--space", "gce.q=0.1"], "go with --tune"),
+    (["--loss", "all", "--tune"], "--tune needs the losses named"),
+    (["--loss", "ce", "--tune", "--space", "gce.q=0.1"], "no --loss tunes"),
+    (["--loss", "gce", "--tune", "--trials", "0"], "--trials must be >= 1"),
+    (["--loss", "gce", "--tune", "--space", "gce.q=7"], "gce"),
+    (["--loss", "gce", "--tune", "--tune-metric", "test_top1"], "test metric"),
+])
+def test_tuning_mistakes_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    code, text = _invoke("run", *args, *SMOKE, "--out", str(tmp_path))
+    assert code == 2 and message in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_run_suite_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossbench import suites
+
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(
+        'losses = ["ce"]\n'
+        '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.2"\n'
+        'set = ["noise.kind=symmetric", "noise.rate=0.2"]\n'
+        '[[setting]]\ntask = "digits-noisy"\nlabel = "clean"\n'
+        'set = ["noise.kind=none", "noise.rate=0.0"]\n')
+    monkeypatch.setattr(suites, "suite_dirs", lambda: [folder])
+    code, text = _invoke("run", "--suite", "tiny", "--budget", "smoke", "--device", "cpu",
+                         "--seeds", "0", "--set", "train.epochs=1", "--out",
+                         str(tmp_path / "out"))
+    assert code == 0 and "2 runs in the grid" in text, text
+    rates = sorted(json.loads(p.read_text())["config"]["spec"]["noise"]["rate"]
+                   for p in (tmp_path / "out" / "records").glob("*.json"))
+    assert rates == [0.0, 0.2]
+    code, text = _invoke("list", "suites")
+    assert code == 0 and "tiny" in text
+    code, text = _invoke("run", "--budget", "smoke", "--out", str(tmp_path / "o2"))
+    assert code == 2 and "no --task or --suite given" in text

@@ -134,6 +134,17 @@ LdrTransform = Literal["none", "softplus-mean"]
 AldrTransform = Literal["none", "softplus-mean", "mean-abs"]
 
 
+LOG_SOFTPLUS_CUT = -40.0
+"""Below it ``log softplus(z) = z - e^z / 2 + ...`` is ``z`` to float64 precision (e^-40 / 2 = 2e-18)."""
+
+
+def _log_softplus(z: Tensor) -> Tensor:
+    """``log(softplus(z))`` for any ``z``: ``z`` itself below ``LOG_SOFTPLUS_CUT`` (where
+    ``softplus`` underflows to 0 and its log to -inf), with finite gradients on both sides."""
+    inside = torch.log(F.softplus(z.clamp_min(LOG_SOFTPLUS_CUT)))
+    return torch.where(z < LOG_SOFTPLUS_CUT, z, inside)
+
+
 def _transform(z: Tensor, kind: str) -> tuple[Tensor, Tensor | float]:
     """Logit normalisation used by the official LDR code, as ``(t, c)``: the transformed logits
     are ``t * c`` with ``c`` one factor per row, so callers fold their own ``1 / lambda`` into
@@ -144,8 +155,12 @@ def _transform(z: Tensor, kind: str) -> tuple[Tensor, Tensor | float]:
     """
     tiny = torch.finfo(z.dtype).tiny
     if kind == "softplus-mean":
-        s = F.softplus(z)
-        return s, s.mean(dim=1, keepdim=True).clamp_min(tiny).reciprocal()
+        # softplus(z_k) / mean_j softplus(z_j) as exp(ls_k - m) / mean_j exp(ls_j - m), ls =
+        # log softplus(z), m = max_k ls_k: the same value, but rows whose logits are all very
+        # negative no longer underflow to 0 / 0 (a CNN on Fashion-MNIST got there in epoch 1).
+        ls = _log_softplus(z)
+        t = torch.exp(ls - ls.amax(dim=1, keepdim=True).detach())
+        return t, t.mean(dim=1, keepdim=True).reciprocal()
     if kind == "mean-abs":
         return z, z.abs().mean(dim=1, keepdim=True).clamp_min(tiny).reciprocal()
     return z, 1.0
