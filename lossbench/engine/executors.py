@@ -130,11 +130,12 @@ def pack_size(pack: int | str, device: str) -> int:
 
 def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]]:
     """Consecutive groups of at most ``pack`` runs sharing family, task, budget and spec, and
-    the family's ``pack_key`` where it declares one (regression: the split and head size)."""
+    the family's ``pack_key(cfg)`` where it declares one (regression: the split and head size;
+    classification with ``split.kfold``: the seed, which picks the fold)."""
     by_spec: dict[str, list[RunConfig]] = {}
     for cfg in configs:
         pack_key = FAMILIES.get(cfg.family).tags.get("pack_key")
-        extra = pack_key(cfg.loss, cfg.loss_params, cfg.seed) if pack_key else None
+        extra = pack_key(cfg) if pack_key else None
         key = json.dumps([cfg.family, cfg.spec, cfg.device, cfg.threads, extra], sort_keys=True,
                          default=str)
         by_spec.setdefault(key, []).append(cfg)

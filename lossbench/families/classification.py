@@ -39,6 +39,7 @@ from lossbench.data.imbalance import apply_imbalance, check_imbalance, one_vs_re
 from lossbench.data.noise import NOISE, apply_noise, check_noise
 from lossbench.data.sources import RawSplits, load_source, stratified_split
 from lossbench.data.views import source_channel_stats
+from lossbench.engine.grid import RunConfig
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -170,6 +171,12 @@ def subset(idx: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if not limit or limit >= len(idx):
         return idx
     return np.sort(idx[np.random.default_rng(seed).permutation(len(idx))[:limit]])
+
+
+def pack_key(cfg: RunConfig) -> int | None:
+    """Runs that share inputs pack together: with ``split.kfold`` the seed picks the fold (the
+    training rows), so only runs of one seed pack; otherwise the split is the same for all."""
+    return cfg.seed if read_split(cfg.spec).kfold else None
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
@@ -369,6 +376,7 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     summary=("test_top1", "test_top1@best_val", "test_bacc", "test_ece"),
     check=check_spec,
     supplies=("num_classes", "num_train", "class_counts", "seed"),
+    pack_key=pack_key,
 )
 def run_classification(ctx: RunContext) -> RunOutput:
     """Train a classifier with a logits or binary-margin loss; clean-test metrics, last epoch and

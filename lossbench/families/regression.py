@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lossbench.data.sources import SOURCES, RawSplits
+from lossbench.engine.grid import RunConfig
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -207,10 +208,10 @@ def build_loss_and_model(spec: Mapping[str, Any], name: str, params: Mapping[str
     return loss, model
 
 
-def pack_key(loss: str, params: Mapping[str, Any], seed: int) -> tuple[int, int]:
+def pack_key(cfg: RunConfig) -> tuple[int, int]:
     """Runs that can share one packed computation: the same split (the seed is the split, so the
     same inputs) and the same head size (the loss's ``head_dim``, built with stand-in context)."""
-    return seed, int(LOSSES.get(loss).build(params, **PROBE_CONTEXT).head_dim)
+    return cfg.seed, int(LOSSES.get(cfg.loss).build(cfg.loss_params, **PROBE_CONTEXT).head_dim)
 
 
 def add_epoch(curves: dict[str, list[float]], train_loss: float, val: Mapping[str, float],

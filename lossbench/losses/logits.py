@@ -135,7 +135,8 @@ AldrTransform = Literal["none", "softplus-mean", "mean-abs"]
 
 
 LOG_SOFTPLUS_CUT = -40.0
-"""Below it ``log softplus(z) = z - e^z / 2 + ...`` is ``z`` to float64 precision (e^-40 / 2 = 2e-18)."""
+"""Below it ``log softplus(z) = z - e^z / 2 + ...`` is ``z`` to float64 precision (e^-40 / 2 is
+2e-18)."""
 
 
 def _log_softplus(z: Tensor) -> Tensor:
