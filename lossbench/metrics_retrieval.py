@@ -21,18 +21,24 @@ equal scores rank by item index, lowest first (``retrieval_knn``); AUC ties coun
 
 How. Items are sorted by class, and the upper triangle of the score matrix is computed once, in
 square tiles of at most ``chunk_elements`` scores. A tile (I, J) offers its scores to the kNN
-lists of the rows of I and, transposed, of J; every score i < j of a different class is a
-negative pair and streams through the lookup table of positive scores (``retrieval_auc``),
-which the class blocks on the diagonal give first, at a cost of O(sum of class sizes^2). With
-``knn="faiss"`` faiss finds the neighbours and the tiles only count the AUC; ``"auto"`` is
-torch's single pass, measured faster (benchmarks/retrieval_eval.py: the AUC needs every score
-anyway, and the pass computes each of them once, for both uses).
+lists of the rows of I and, transposed, of J (``retrieval_knn``); every score i < j of a
+different class is a negative pair and streams through the lookup table of the positive scores
+(``retrieval_auc``), which the class blocks give first, at a cost of O(sum of class sizes^2).
+Memory: a few tiles, the table (O(positive pairs)) and the [N, k] neighbour lists.
+
+kNN by ``knn="torch"`` (this pass), ``"faiss"`` (faiss ``IndexFlatIP``; the tiles then only
+count the AUC), or ``"auto"``: torch below k = FAISS_FROM_K, where the pass computes each score
+once for both uses, and faiss (when installed, on a CPU) from there on, where merging many
+candidates per query costs more than the second matrix product.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -43,7 +49,9 @@ from lossbench.retrieval_auc import EXCLUDED, MAX_POSITIVES, PositiveTable
 from lossbench.retrieval_knn import Neighbours, faiss_keys, key_items, order_keys
 
 KnnBackend = Literal["auto", "torch", "faiss"]
-_BLOCK = 2**18  # scores per AUC lookup call: keeps its temporaries in cache
+FAISS_FROM_K = 400  # auto: faiss finds the neighbours from k = 400 on (N = 20k, classes of 50:
+# k = 250: torch 22-24 s, faiss 24-26 s; k = 500: torch 30 s, faiss 28-29 s)
+_PIECE = 2**18  # scores per AUC lookup call (CPU): its temporaries stay in cache
 
 
 def retrieval_metrics(
@@ -67,35 +75,58 @@ def retrieval_metrics(
     kmax = min(n - 1, max(max(recall_at), int(r.max())))
     order = torch.sort(cls, stable=True).indices
     scan = PairScan(z[order].contiguous(), cls[order].contiguous(), order, chunk_elements)
-    keys = faiss_keys(scan.z, order, kmax) if knn == "faiss" else None
-    neighbours = Neighbours(n, kmax, z.device) if keys is None else None
+    by_faiss = knn == "faiss" or (knn == "auto" and kmax >= FAISS_FROM_K
+                                  and z.device.type == "cpu" and faiss_installed())
+    keys = faiss_keys(scan.z, order, kmax) if by_faiss else None
+    neighbours = None if by_faiss else Neighbours(n, kmax, z.device)
     auc = scan.auc(neighbours, positives_per_pass=min(max(chunk_elements, 2**16), MAX_POSITIVES))
-    if neighbours is not None:
-        keys = neighbours.keys
+    keys = neighbours.keys if neighbours is not None else keys
     assert keys is not None
-    out = knn_metrics(cls[key_items(keys)], cls[order], r[order], recall_at)
+    query_cls, query_r = cls[order], r[order]
+    rows = _rows_per_block(kmax)
+    out = _knn_means(((cls[key_items(keys[s : s + rows])], query_cls[s : s + rows],
+                       query_r[s : s + rows]) for s in range(0, n, rows)), recall_at)
     out["auc"] = 100.0 * auc
     return out
+
+
+def faiss_installed() -> bool:
+    return importlib.util.find_spec("faiss") is not None
 
 
 def knn_metrics(neighbour_cls: torch.Tensor, query_cls: torch.Tensor, r: torch.Tensor,
                 recall_at: Sequence[int]) -> dict[str, float]:
     """Recall@K, precision@1, R-precision, MAP@R (percent) from each query's ranked neighbour
     classes [n, kmax], its class and R; queries with R = 0 are left out."""
-    rel = neighbour_cls == query_cls[:, None]
-    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
-    valid = r > 0
-    rel, r = rel[valid], r[valid]
-    in_r = rel & (ranks[None, :] <= r[:, None])
-    r_float = r.double()
-    per_query = [rel[:, :k].any(dim=1).double() for k in recall_at]
-    per_query.append(rel[:, 0].double())
-    per_query.append(in_r.sum(dim=1).double() / r_float)
-    precision = rel.cumsum(dim=1).double() / ranks[None, :].double()
-    per_query.append((precision * in_r).sum(dim=1) / r_float)
-    means = [100.0 * float(v.mean()) for v in per_query]
+    rows = _rows_per_block(neighbour_cls.shape[1])
+    return _knn_means(((neighbour_cls[s : s + rows], query_cls[s : s + rows], r[s : s + rows])
+                       for s in range(0, len(r), rows)), recall_at)
+
+
+def _rows_per_block(kmax: int) -> int:
+    return max(1, 2**22 // max(1, kmax))  # float64 temporaries of 32 MiB
+
+
+def _knn_means(blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+               recall_at: Sequence[int]) -> dict[str, float]:
+    """The kNN metrics' means over blocks of (neighbour classes, query classes, R)."""
     names = [f"recall@{k}" for k in recall_at] + ["precision@1", "r_precision", "map@r"]
-    return dict(zip(names, means, strict=True))
+    sums = [0.0] * len(names)
+    count = 0
+    for neighbour_cls, query_cls, r in blocks:
+        valid = r > 0
+        rel, r = (neighbour_cls == query_cls[:, None])[valid], r[valid]
+        ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
+        in_r = rel & (ranks[None, :] <= r[:, None])
+        r_float = r.double()
+        per_query = [rel[:, :k].any(dim=1).double() for k in recall_at]
+        per_query.append(rel[:, 0].double())
+        per_query.append(in_r.sum(dim=1).double() / r_float)
+        precision = rel.cumsum(dim=1).double() / ranks[None, :].double()
+        per_query.append((precision * in_r).sum(dim=1) / r_float)
+        sums = [total + float(v.sum()) for total, v in zip(sums, per_query, strict=True)]
+        count += len(r)
+    return {name: 100.0 * total / count for name, total in zip(names, sums, strict=True)}
 
 
 class PairScan:
@@ -138,48 +169,88 @@ class PairScan:
 
     def count(self, table: PositiveTable, neighbours: Neighbours | None) -> int:
         """Twice the Mann-Whitney U of the negative pairs against ``table``; offers every score
-        to ``neighbours`` on the way."""
+        to ``neighbours`` on the way.
+
+        On a CPU, ``torch.get_num_threads()`` worker threads take whole tiles from a shared
+        queue and run single-threaded operations on them: no per-operation thread barrier (an
+        operation on a shared, busy machine otherwise waits for its slowest thread) and few
+        interpreter-lock hand-offs. The kNN lists merge under a lock."""
+        tiles = iter(list(self.tiles()))
+        lock = threading.Lock()
+        workers = torch.get_num_threads() if self.z.device.type == "cpu" else 1
+        if workers == 1:
+            return self.work(tiles, lock, table, neighbours)
+        default = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                jobs = [pool.submit(self.work, tiles, lock, table, neighbours, True)
+                        for _ in range(workers)]
+                return sum(job.result() for job in jobs)
+        finally:
+            torch.set_num_threads(default)  # the workers' setting is the default of new threads
+
+    def work(self, tiles: Iterator[tuple[int, int, int, int]], lock: threading.Lock,
+             table: PositiveTable, neighbours: Neighbours | None, alone: bool = False) -> int:
+        """Process tiles from ``tiles`` until none is left; ``alone``: single-threaded ops."""
+        if alone:
+            torch.set_num_threads(1)  # this thread only (and threads created after it)
+        dev = self.z.device
+        scores = torch.empty(self.tile * self.tile, device=dev)  # reused: no page faults
+        hits = torch.empty(self.tile * self.tile, dtype=torch.bool, device=dev)
+        steps = torch.arange(self.tile, device=dev)
+        piece = _PIECE if dev.type == "cpu" else self.tile * self.tile  # GPU: few, big kernels
         twice_u = 0
-        tril = None
-        for a, b, c, d in self.tiles():
-            sim = self.z[a:b] @ self.z[c:d].T
+        while True:
+            with lock:
+                tile = next(tiles, None)
+            if tile is None:
+                return twice_u
+            a, b, c, d = tile
+            sim = torch.mm(self.z[a:b], self.z[c:d].T,
+                           out=scores[: (b - a) * (d - c)].view(b - a, d - c))
             diagonal = a == c
+            hit = hits[: sim.numel()].view(sim.shape)
             if neighbours is not None:
-                self.offer(sim, a, c, diagonal, neighbours)
-            if diagonal:
-                if tril is None or len(tril) < b - a:
-                    tril = torch.ones(b - a, b - a, dtype=torch.bool, device=sim.device).tril()
-                sim.masked_fill_(tril[: b - a, : b - a], EXCLUDED)
+                self.offer(sim, a, c, diagonal, neighbours, hit, lock)
+            if diagonal:  # pairs i >= j are counted by their transpose, or not at all
+                torch.ge(steps[: b - a, None], steps[None, : b - a], out=hit)
+                sim.masked_fill_(hit, EXCLUDED)
             for r0, r1, c0, c1 in self.same_class_blocks(a, b, c, d):
                 sim[r0 - a : r1 - a, c0 - c : c1 - c] = EXCLUDED
             flat = sim.view(-1)
-            for s in range(0, flat.numel(), _BLOCK):
-                twice_u += table.twice_f_sum(flat[s : s + _BLOCK])
-        return twice_u
+            for s in range(0, flat.numel(), piece):
+                twice_u += table.twice_f_sum(flat[s : s + piece])
 
     def offer(self, sim: torch.Tensor, a: int, c: int, diagonal: bool,
-              neighbours: Neighbours) -> None:
+              neighbours: Neighbours, hit: torch.Tensor, lock: threading.Lock) -> None:
         """Offer the tile's scores at or above their query's floor: rows a.. as queries, and
-        (off the diagonal) columns c.. as queries of the transposed scores."""
+        (off the diagonal) columns c.. as queries of the transposed scores. ``hit``: a bool
+        buffer of the tile's shape. Floors only rise, and any floor ever set is a valid
+        filter, so they are read without the lock; lists merge under it."""
         rows, cols = sim.shape
         if diagonal:
             sim.diagonal().fill_(-torch.inf)  # not its own neighbour (and EXCLUDED later)
             if cols - 1 >= neighbours.k:  # a floor needs k scores: the tile's k-th best
                 kth = sim.topk(neighbours.k, dim=1).values[:, -1]
-                floor = neighbours.floor[a : a + rows]
-                torch.maximum(floor, kth, out=floor)
-        hit = sim >= neighbours.floor[a : a + rows, None]
+                with lock:
+                    floor = neighbours.floor[a : a + rows]
+                    torch.maximum(floor, kth, out=floor)
+        torch.ge(sim, neighbours.floor[a : a + rows, None], out=hit)
         if diagonal:
             hit.diagonal().fill_(False)
         if int(torch.count_nonzero(hit)):
             i, j = torch.nonzero(hit, as_tuple=True)
-            neighbours.offer(a + i, order_keys(sim[i, j], self.items[c + j]), grouped=True)
+            keys = order_keys(sim[i, j], self.items[c + j])
+            with lock:
+                neighbours.offer(a + i, keys, grouped=True)
         if diagonal:
             return
-        hit = sim >= neighbours.floor[None, c : c + cols]
+        torch.ge(sim, neighbours.floor[None, c : c + cols], out=hit)
         if int(torch.count_nonzero(hit)):
             i, j = torch.nonzero(hit, as_tuple=True)
-            neighbours.offer(c + j, order_keys(sim[i, j], self.items[a + i]))
+            keys = order_keys(sim[i, j], self.items[a + i])
+            with lock:
+                neighbours.offer(c + j, keys)
 
     def same_class_blocks(self, a: int, b: int, c: int, d: int
                           ) -> Iterator[tuple[int, int, int, int]]:
