@@ -23,8 +23,10 @@ How. Items are sorted by class, and the upper triangle of the score matrix is co
 square tiles of at most ``chunk_elements`` scores. A tile (I, J) offers its scores to the kNN
 lists of the rows of I and, transposed, of J (``retrieval_knn``); every score i < j of a
 different class is a negative pair and streams through the lookup table of the positive scores
-(``retrieval_auc``), which the class blocks give first, at a cost of O(sum of class sizes^2).
-Memory: a few tiles, the table (O(positive pairs)) and the [N, k] neighbour lists.
+(``retrieval_auc``), which the class blocks give first. Cost: N^2 / 2 dot products, O(1) table
+work per negative pair, O(P log P) for the P positive pairs. Memory: a tile per worker thread,
+the table (positives in groups of at most MAX_POSITIVES, one pass over the tiles per group)
+and the [N, k] neighbour lists.
 
 kNN by ``knn="torch"`` (this pass), ``"faiss"`` (faiss ``IndexFlatIP``; the tiles then only
 count the AUC), or ``"auto"``: torch below k = FAISS_FROM_K, where the pass computes each score
@@ -35,6 +37,7 @@ candidates per query costs more than the second matrix product.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,7 +64,10 @@ def retrieval_metrics(
     chunk_elements: int = 2**24,
     knn: KnnBackend = "auto",
 ) -> dict[str, float]:
-    """Recall@K, precision@1, R-precision, MAP@R and pair AUC (percent) of ``emb`` [N, D]."""
+    """Recall@K, precision@1, R-precision, MAP@R and pair AUC (percent) of ``emb`` [N, D].
+
+    ``chunk_elements``: scores per tile (the memory bound); ``knn``: who finds the neighbours
+    (module docstring); every choice gives the same values."""
     require(len(emb) == len(labels) and len(emb) >= 2, "retrieval needs at least two items")
     require(knn in ("auto", "torch", "faiss"), f"knn must be auto, torch or faiss, got {knn!r}")
     names = [f"recall@{k}" for k in recall_at] + ["precision@1", "r_precision", "map@r", "auc"]
@@ -136,7 +142,10 @@ class PairScan:
                  chunk_elements: int) -> None:
         self.z, self.cls, self.items = z, cls, items
         self.n = len(z)
-        self.tile = max(1, math.isqrt(chunk_elements))
+        sides = -(-self.n // max(1, math.isqrt(chunk_elements)))  # tiles per side, as equal
+        cuts = [self.n * i // sides for i in range(sides + 1)]  # as can be
+        self.edges = list(itertools.pairwise(cuts))
+        self.tile = max(b - a for a, b in self.edges)
         sizes = torch.bincount(cls)
         self.class_end = torch.cumsum(sizes, 0)
         self.class_start = self.class_end - sizes
@@ -157,15 +166,12 @@ class PairScan:
             return math.nan
         return twice_u / (2 * n_pos * n_neg)
 
-    def tiles(self) -> Iterator[tuple[int, int, int, int]]:
-        """(row start, row stop, col start, col stop) of the upper-triangle tiles, the diagonal
-        ones first (they give every query a floor before the off-diagonal tiles)."""
-        edges = [(s, min(s + self.tile, self.n)) for s in range(0, self.n, self.tile)]
-        for a, b in edges:
-            yield a, b, a, b
-        for i, (a, b) in enumerate(edges):
-            for c, d in edges[i + 1 :]:
-                yield a, b, c, d
+    def tiles(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+        """(row start, row stop, col start, col stop) of the diagonal tiles, which give every
+        query its floor, and of the other upper-triangle tiles."""
+        diagonal = [(a, b, a, b) for a, b in self.edges]
+        return diagonal, [(a, b, c, d) for i, (a, b) in enumerate(self.edges)
+                          for c, d in self.edges[i + 1 :]]
 
     def count(self, table: PositiveTable, neighbours: Neighbours | None) -> int:
         """Twice the Mann-Whitney U of the negative pairs against ``table``; offers every score
@@ -175,19 +181,23 @@ class PairScan:
         queue and run single-threaded operations on them: no per-operation thread barrier (an
         operation on a shared, busy machine otherwise waits for its slowest thread) and few
         interpreter-lock hand-offs. The kNN lists merge under a lock."""
-        tiles = iter(list(self.tiles()))
         lock = threading.Lock()
         workers = torch.get_num_threads() if self.z.device.type == "cpu" else 1
-        if workers == 1:
-            return self.work(tiles, lock, table, neighbours)
-        default = torch.get_num_threads()
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                jobs = [pool.submit(self.work, tiles, lock, table, neighbours, True)
-                        for _ in range(workers)]
-                return sum(job.result() for job in jobs)
-        finally:
-            torch.set_num_threads(default)  # the workers' setting is the default of new threads
+        twice_u = 0
+        for phase in self.tiles():  # all floors are set before an off-diagonal tile is read
+            tiles = iter(phase)
+            if workers == 1:
+                twice_u += self.work(tiles, lock, table, neighbours)
+                continue
+            default = torch.get_num_threads()
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    jobs = [pool.submit(self.work, tiles, lock, table, neighbours, True)
+                            for _ in range(workers)]
+                    twice_u += sum(job.result() for job in jobs)
+            finally:
+                torch.set_num_threads(default)  # the workers' setting: new threads' default
+        return twice_u
 
     def work(self, tiles: Iterator[tuple[int, int, int, int]], lock: threading.Lock,
              table: PositiveTable, neighbours: Neighbours | None, alone: bool = False) -> int:

@@ -13,7 +13,13 @@ import torch
 from lossbench.errors import UserError
 from lossbench.metrics_retrieval import PairScan, retrieval_metrics
 from lossbench.retrieval_auc import EXCLUDED, PositiveTable
-from lossbench.retrieval_knn import Neighbours, key_items, key_scores, order_keys
+from lossbench.retrieval_knn import (
+    Neighbours,
+    exact_row_keys,
+    key_items,
+    key_scores,
+    order_keys,
+)
 
 KS = (1, 2, 4, 8)
 HAS_FAISS = "faiss" in sys.modules or __import__("importlib").util.find_spec("faiss") is not None
@@ -99,6 +105,30 @@ def test_faiss_missing_is_one_line_user_error(monkeypatch: pytest.MonkeyPatch) -
         retrieval_metrics(torch.tensor(emb), torch.tensor(y), knn="faiss")
     with pytest.raises(UserError, match="knn must be auto, torch or faiss"):
         retrieval_metrics(torch.tensor(emb), torch.tensor(y), knn="annoy")  # type: ignore[arg-type]
+
+
+def test_auto_asks_faiss_only_for_many_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """knn='auto': the one-pass torch kNN below FAISS_FROM_K neighbours, faiss (when installed)
+    from there on -- same values either way (faiss stood in for by exact per-row keys)."""
+    from lossbench import metrics_retrieval
+
+    asked: list[int] = []
+
+    def stand_in(z: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
+        asked.append(k)
+        return torch.stack([exact_row_keys(z, items, row, k) for row in range(len(z))])
+
+    emb, y = clustered(0)
+    args = (torch.tensor(emb), torch.tensor(y))
+    monkeypatch.setattr(metrics_retrieval, "faiss_keys", stand_in)
+    monkeypatch.setattr(metrics_retrieval, "FAISS_FROM_K", 9)
+    monkeypatch.setattr(metrics_retrieval, "faiss_installed", lambda: False)
+    assert retrieval_metrics(*args, (1, 9)) == retrieval_metrics(*args, (1, 9), knn="torch")
+    monkeypatch.setattr(metrics_retrieval, "faiss_installed", lambda: True)
+    retrieval_metrics(*args, (1, 8))
+    assert asked == []
+    assert retrieval_metrics(*args, (1, 9)) == retrieval_metrics(*args, (1, 9), knn="torch")
+    assert asked == [9]
 
 
 def test_ties_rank_by_index_and_count_half_in_auc() -> None:
