@@ -21,6 +21,7 @@ from lossbench.errors import UserError
 
 EMPTY = torch.iinfo(torch.int64).min  # an unfilled slot: below every real key
 _LOW = 2**32 - 1
+FAISS_RESULTS_PER_BLOCK = 2**22  # bounds faiss's result arrays and their keys
 
 
 def order_keys(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ def faiss_keys(z: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
 
     faiss returns the top ``k + 2`` by score (self among them, ties cut anywhere); a row is
     exact when its (k+1)-th non-self score is below its k-th, and is recomputed in torch
-    otherwise (a tie straddles the cut)."""
+    otherwise (a tie straddles the cut). Queries go in blocks of FAISS_RESULTS_PER_BLOCK."""
     import numpy as np
 
     try:
@@ -88,18 +89,21 @@ def faiss_keys(z: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
     index = faiss.IndexFlatIP(data.shape[1])
     index.add(data)
     width = min(n, k + 2)
-    scores, found = index.search(data, width)
-    scores_t = torch.from_numpy(scores).to(z.device)
-    found_t = torch.from_numpy(found).to(z.device)
-    self_hit = (found_t == torch.arange(n, device=z.device)[:, None]) | (found_t < 0)
-    keys = order_keys(scores_t, items[found_t.clamp_min(0)])
-    keys = keys.masked_fill(self_hit, EMPTY).sort(dim=1, descending=True).values
-    out = keys[:, :k].clone()
-    if width > k:  # else every other item is in the list: nothing was cut off
-        kth, next_ = key_scores(keys[:, k - 1]), key_scores(keys[:, k])
-        cut_in_tie = (keys[:, k] != EMPTY) & (next_ == kth)
-        for row in torch.nonzero(cut_in_tie).flatten().tolist():
-            out[row] = exact_row_keys(z, items, row, k)
+    out = torch.empty(n, k, dtype=torch.int64, device=z.device)
+    block = max(1, FAISS_RESULTS_PER_BLOCK // width)
+    for start in range(0, n, block):
+        scores, found = index.search(data[start : start + block], width)
+        scores_t = torch.from_numpy(scores).to(z.device)
+        found_t = torch.from_numpy(found).to(z.device)
+        rows = torch.arange(start, start + len(found_t), device=z.device)
+        self_hit = (found_t == rows[:, None]) | (found_t < 0)
+        keys = order_keys(scores_t, items[found_t.clamp_min(0)])
+        keys = keys.masked_fill_(self_hit, EMPTY).sort(dim=1, descending=True).values
+        out[start : start + len(keys)] = keys[:, :k]
+        if width > k:  # else every other item is in the list: nothing was cut off
+            kth, next_ = key_scores(keys[:, k - 1]), key_scores(keys[:, k])
+            for row in torch.nonzero((keys[:, k] != EMPTY) & (next_ == kth)).flatten().tolist():
+                out[start + row] = exact_row_keys(z, items, start + row, k)
     return out
 
 

@@ -90,7 +90,11 @@ def test_torch_path_equals_float64_reference(seed: int, chunk: int) -> None:
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed (pip install 'lossbench[faiss]')")
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_faiss_path_equals_torch_path_and_reference(seed: int) -> None:
+def test_faiss_path_equals_torch_path_and_reference(seed: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossbench import retrieval_knn
+
+    monkeypatch.setattr(retrieval_knn, "FAISS_RESULTS_PER_BLOCK", 70)  # queries in 7s
     for emb, y in (clustered(seed), tied(seed)):
         args = (torch.tensor(emb), torch.tensor(y), KS)
         via_faiss = retrieval_metrics(*args, chunk_elements=50, knn="faiss")
