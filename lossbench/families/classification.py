@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ from lossbench.data.imbalance import apply_imbalance, check_imbalance, one_vs_re
 from lossbench.data.noise import NOISE, apply_noise, check_noise
 from lossbench.data.sources import RawSplits, load_source, stratified_split
 from lossbench.data.views import source_channel_stats
-from lossbench.engine.grid import RunConfig
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -56,6 +55,9 @@ from lossbench.metrics import (
     top_k,
 )
 from lossbench.models import MODELS
+
+if TYPE_CHECKING:
+    from lossbench.engine.grid import RunConfig
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, bins: int) -> dict[str, float]:

@@ -24,14 +24,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from lossbench.data.sources import SOURCES, RawSplits
-from lossbench.engine.grid import RunConfig
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
@@ -39,6 +38,9 @@ from lossbench.losses import LOSSES, Loss
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
 from lossbench.registry import PROBE_CONTEXT
+
+if TYPE_CHECKING:
+    from lossbench.engine.grid import RunConfig
 
 
 @dataclass(frozen=True)
