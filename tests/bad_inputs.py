@@ -106,7 +106,7 @@ def cases(tmp: Path) -> Iterator[list[str]]:
     yield ["run", "--task", "digits-noisy"]
     yield ["run", "--loss", "ce"]
     broken = tmp / "broken"
-    for command in ("compare", "leaderboard", "plot", "gate", "runs"):
+    for command in ("compare", "leaderboard", "plot", "gate", "runs", "aggregate"):
         for folder in (tmp / "nope", tmp / "empty", file_out, broken, tmp / "bad.txt",
                        tmp / "badtables"):
             yield [command, str(folder)]
@@ -125,6 +125,8 @@ def cases(tmp: Path) -> Iterator[list[str]]:
                    ["--write-baseline", str(file_out / "x.csv")],
                    ["--write-baseline", str(tmp / "w.csv"), "--metric", "nope"]):
         yield ["gate", str(tmp / "good"), *option]
+    for option in (["--method", "nope"], ["--method", ""], ["--out", str(file_out)]):
+        yield ["aggregate", str(tmp / "good"), *option]
     for key in ("zzzz", "", "0"):
         yield ["show", key, "--out", str(tmp / "good")]
         yield ["show", key, "--out", str(tmp / "nope")]

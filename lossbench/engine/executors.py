@@ -40,6 +40,8 @@ def _outcome(record: Record, outcome: RunOutput | Exception, wall_s: float) -> R
     if isinstance(outcome, RunOutput):
         record |= {"status": "ok", "metrics": outcome.metrics, "curves": outcome.curves,
                    "info": outcome.info}
+        if outcome.arrays:
+            record["arrays"] = outcome.arrays  # Store.write saves them beside the record
     elif isinstance(outcome, Diverged):
         record |= {"status": "diverged", "reason": str(outcome), "metrics": {}}
     else:

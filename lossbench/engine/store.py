@@ -3,6 +3,7 @@
 Layout under an output folder::
 
     records/<run-key>.json   one per finished run (status ok / diverged / failed)
+    records/<run-key>.npz    arrays a run keeps, where its family returns some (engine.arrays)
     runs.parquet, runs.csv   tidy: one row per run x final metric (columns in README)
     curves.parquet           tidy: one row per run x metric x epoch
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from lossbench.engine.arrays import SUFFIX, write_arrays
 
 FINISHED = frozenset({"ok", "diverged"})
 RUN_COLUMNS = [
@@ -47,6 +50,9 @@ class Store:
         results folder from colleagues)."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
         target = self.path(str(record["run_key"]))
+        if record.get("arrays"):  # first, so a record's arrays exist once the record does
+            write_arrays(target.with_suffix(SUFFIX), record["arrays"], 0o666 & ~_umask())
+        record = {k: v for k, v in record.items() if k != "arrays"}
         fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=".tmp-", suffix=".json")
         try:
             os.fchmod(fd, 0o666 & ~_umask())

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from lossbench.data.sources import SOURCES
@@ -41,6 +42,8 @@ class RunOutput:
     metrics: dict[str, float]
     curves: dict[str, list[float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    """Arrays to keep beside the record (``records/<key>.npz``, ``lossbench.engine.arrays``)."""
 
 
 FAMILIES: Registry[RunOutput] = Registry("task family")

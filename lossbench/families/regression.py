@@ -15,7 +15,11 @@ units: ``rmse``, ``mae``; ``nll`` (Gaussian, per example) where the loss predict
 ``coverage`` (% of test targets inside the interval), ``width`` (mean interval width) and
 ``coverage_error`` (|coverage - nominal|, in points) where it predicts an interval: its own
 quantile interval (``pinball``), else the central ``eval.interval`` (default 90%) Gaussian
-interval of a predicted variance.
+interval of a predicted variance. A loss that predicts quantiles (``pinball``) adds, for the
+same two epochs, ``lossbench.quantiles.quantile_scores``: WIS, crossing and per-level coverage
+before and after post sorting, isotonic regression and CQR (calibrated on the validation part);
+its run saves those validation and test quantiles in ``records/<key>.npz``, which ``lossbench
+aggregate`` combines across runs.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_commo
 from lossbench.losses import LOSSES, Loss
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
+from lossbench.quantiles import quantile_scores
 from lossbench.registry import PROBE_CONTEXT
 
 if TYPE_CHECKING:
@@ -230,6 +235,61 @@ def add_epoch(curves: dict[str, list[float]], train_loss: float, val: Mapping[st
     return None
 
 
+@dataclass
+class QuantileKeeper:
+    """A quantile loss's raw head outputs on validation and test at the epochs a run reports:
+    the last one and the first with the lowest validation RMSE (``final_metrics``'s choice).
+    They give the run's quantile scores and the predictions it saves for ``lossbench
+    aggregate``."""
+
+    levels: tuple[float, ...]
+    best_rmse: float = math.inf
+    best_epoch: int = 0
+    last: tuple[torch.Tensor, torch.Tensor] | None = None
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, loss: Loss) -> QuantileKeeper | None:
+        levels = getattr(loss, "quantile_levels", None)
+        return cls(tuple(levels)) if levels else None
+
+    def update(self, epoch: int, val_rmse: float, val_out: torch.Tensor,
+               test_out: torch.Tensor) -> None:
+        self.last = (val_out.detach().cpu(), test_out.detach().cpu())
+        if val_rmse < self.best_rmse:
+            self.best_rmse, self.best_epoch, self.best = val_rmse, epoch + 1, self.last
+
+    def finish(self, data: RegressionData) -> tuple[dict[str, float], dict[str, np.ndarray],
+                                                    dict[str, Any]]:
+        """(metrics, arrays to save, info): ``quantile_scores`` of the last (``test_wis``...)
+        and best-validation (``test_wis@best_val``...) predictions in original units."""
+        assert self.last is not None and self.best is not None
+        y_val, y_test = data.y_val.cpu().numpy(), data.y_test.cpu().numpy()
+        metrics: dict[str, float] = {}
+        exact: list[bool] = []
+        for suffix, (val, test) in (("", self.last), ("@best_val", self.best)):
+            scores = quantile_scores(self.levels, original_units(val, data), y_val,
+                                     original_units(test, data), y_test)
+            metrics |= {f"test_{name}{suffix}": v for name, v in scores.metrics.items()}
+            exact += [] if scores.conformal_exact is None else [scores.conformal_exact]
+        arrays = {
+            "levels": np.asarray(self.levels), "y_val": y_val, "y_test": y_test,
+            "y_mean": np.asarray(data.y_mean), "y_std": np.asarray(data.y_std),
+            "best_epoch": np.asarray(self.best_epoch),
+            "val_last": self.last[0].numpy(), "test_last": self.last[1].numpy(),
+            "val_best": self.best[0].numpy(), "test_best": self.best[1].numpy(),
+        }
+        info: dict[str, Any] = {"quantile_levels": list(self.levels)}
+        if exact:
+            info["conformal_exact"] = all(exact)
+        return metrics, arrays, info
+
+
+def original_units(out: torch.Tensor, data: RegressionData) -> np.ndarray:
+    """Standardised head outputs -> float64 original units."""
+    return out.double().cpu().numpy() * data.y_std + data.y_mean
+
+
 def run_info(data: RegressionData, curves: Mapping[str, list[float]], level: float | None,
              ev: EvalConfig) -> dict[str, Any]:
     info = dict(data.info)
@@ -260,18 +320,33 @@ def run_regression(ctx: RunContext) -> RunOutput:
     trainer = Trainer(model, loss, cfg, ctx.device, steps)
     generator = torch.Generator().manual_seed(ctx.seed)
     level = getattr(loss, "interval_level", None)
+    keeper = QuantileKeeper.of(loss)
 
-    def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        pred = loss.predict(trainer.predict(x))
-        return regression_metrics(pred, y, data.y_mean, data.y_std, ev.interval, level)
+    def score(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return regression_metrics(loss.predict(out), y, data.y_mean, data.y_std, ev.interval,
+                                  level)
 
     curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
-        diverged = add_epoch(curves, train_loss, score(data.x_val, data.y_val),
-                             score(data.x_test, data.y_test), epoch)
+        val_out, test_out = trainer.predict(data.x_val), trainer.predict(data.x_test)
+        diverged = add_epoch(curves, train_loss, score(val_out, data.y_val),
+                             score(test_out, data.y_test), epoch)
         if diverged is not None:
             raise diverged
+        if keeper is not None:
+            keeper.update(epoch, curves["val_rmse"][-1], val_out, test_out)
         ctx.report(epoch + 1, cfg.epochs, {"loss": train_loss, "val_rmse": curves["val_rmse"][-1],
                                            "test_rmse": curves["test_rmse"][-1]})
-    return RunOutput(final_metrics(curves), curves, run_info(data, curves, level, ev))
+    return finish_run(curves, run_info(data, curves, level, ev), keeper, data)
+
+
+def finish_run(curves: dict[str, list[float]], info: dict[str, Any],
+               keeper: QuantileKeeper | None, data: RegressionData) -> RunOutput:
+    """The run's outputs; a quantile loss's run adds its quantile scores and predictions."""
+    output = RunOutput(final_metrics(curves), curves, info)
+    if keeper is not None:
+        metrics, output.arrays, extra = keeper.finish(data)
+        output.metrics |= metrics
+        output.info |= extra
+    return output

@@ -19,9 +19,10 @@ from lossbench.engine.packed import (
 from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.regression import (
+    QuantileKeeper,
     add_epoch,
     build_loss_and_model,
-    final_metrics,
+    finish_run,
     prepare_data,
     read_config,
     regression_metrics,
@@ -48,6 +49,7 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
     trainer = PackedTrainer(models, losses, cfg, device,
                             max(1, len(data.x_train) // cfg.batch_size))
     levels = [getattr(loss, "interval_level", None) for loss in losses]
+    keepers = [QuantileKeeper.of(loss) for loss in losses]
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
 
     def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,13 +61,17 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
 
     def record(m: int, epoch: int, train_loss: float,
                outputs: tuple[torch.Tensor, torch.Tensor]) -> Diverged | None:
-        return add_epoch(curves[m], train_loss, score(m, outputs[0], data.y_val),
-                         score(m, outputs[1], data.y_test), epoch)
+        diverged = add_epoch(curves[m], train_loss, score(m, outputs[0], data.y_val),
+                             score(m, outputs[1], data.y_test), epoch)
+        keeper = keepers[m]
+        if diverged is None and keeper is not None:
+            keeper.update(epoch, curves[m]["val_rmse"][-1], outputs[0][m], outputs[1][m])
+        return diverged
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_train, [data.y_train] * len(ctxs),
                             [ctx.seed for ctx in ctxs], evaluate, record)
-    return [outcome or RunOutput(final_metrics(curves[m]), curves[m],
-                                 run_info(data, curves[m], levels[m], ev) | {"packed": len(ctxs)})
+    return [outcome or finish_run(curves[m], run_info(data, curves[m], levels[m], ev)
+                                  | {"packed": len(ctxs)}, keepers[m], data)
             for m, outcome in enumerate(outcomes)]
 
 

@@ -37,6 +37,9 @@ class RegressionLoss(Loss):
     head_dim: int = 1
     interval_level: float | None = None
     """Nominal coverage of ``lower``/``upper`` when ``predict`` returns them."""
+    quantile_levels: tuple[float, ...] | None = None
+    """Levels of the head's columns when the loss predicts quantiles: the family then scores
+    them (WIS, crossing, coverage per level, post-processing, CQR) and saves them."""
 
     def predict(self, output: Tensor) -> Prediction:
         return {"mean": output[:, 0]}
@@ -207,7 +210,7 @@ class Pinball(RegressionLoss):
     def __init__(self, quantiles: str = "0.05/0.5/0.95") -> None:
         super().__init__()
         levels = parse_levels(quantiles)
-        self.level_values = levels
+        self.quantile_levels = levels
         self.head_dim = len(levels)
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.float64), persistent=False)
         self.interval_level = levels[-1] - levels[0] if len(levels) > 1 else None
@@ -220,7 +223,7 @@ class Pinball(RegressionLoss):
 
     def predict(self, output: Tensor) -> Prediction:
         q = output.sort(dim=1).values
-        pred = {"mean": interpolate_quantile(self.level_values, q, 0.5)}
+        pred = {"mean": interpolate_quantile(self.quantile_levels, q, 0.5)}
         if self.interval_level is not None:
             pred |= {"lower": q[:, 0], "upper": q[:, -1]}
         return pred
