@@ -74,8 +74,11 @@ OTHER_TASKS = [
     ("digits-retrieval", ["ce:x=1", "ms:alpha=-1", "mse", "triplet:mining=nope"]),
     ("diabetes", ["ce", "pinball:quantiles=abc", "pinball:quantiles=0.5/2", "huber:delta=-1"]),
     ("digits-fewshot", ["ms", "mse", "icnn:k=-1"]),
-    ("uci-boston", ["mse:x=1"]),
+    ("uci-boston", ["mse:x=1", "bag-level", "bag-interp"]),
+    ("uci-boston-bags", ["bag-interp:rho=2", "bag-interp:rho=-1", "bag-level:rho=0.5"]),
 ]
+BAD_BAG_SETS = ["bags.size=0", "bags.size=abc", "bags.size=2.5", "bags.kind=knn",
+                "bags.seed=abc", "bags.k=2"]
 
 
 def cases(tmp: Path) -> Iterator[list[str]]:
@@ -100,6 +103,9 @@ def cases(tmp: Path) -> Iterator[list[str]]:
         for loss in losses:
             yield ["run", "--loss", loss, "--task", task, "--budget", "smoke", "--seeds", "0",
                    *out]
+    for assignment in BAD_BAG_SETS:
+        yield ["run", "--loss", "bag-level", "--task", "uci-boston-bags", "--budget", "smoke",
+               "--set", assignment, *out]
     file_out = tmp / "a-file"
     yield ["run", "--loss", "ce", *SMOKE, "--out", str(file_out)]
     yield ["run", "--loss", "ce", *SMOKE, "--out", "/proc/x"]

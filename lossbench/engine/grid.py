@@ -118,8 +118,9 @@ def expand_losses(specs: Iterable[str], family: str) -> list[LossChoice]:
     kinds = accepted_kinds(family)
     supplies = set(FAMILIES.get(family).tags.get("supplies", ()))
 
-    def trainable(entry: Entry[Any]) -> bool:
-        return entry.tags["consumes"] in kinds and set(entry.context) <= supplies
+    def trainable(entry: Entry[Any]) -> bool:  # ``explicit`` losses are named, never 'all'
+        return (entry.tags["consumes"] in kinds and set(entry.context) <= supplies
+                and not entry.tags.get("explicit"))
 
     out: list[LossChoice] = []
     for text in specs:

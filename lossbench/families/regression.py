@@ -20,13 +20,20 @@ same two epochs, ``lossbench.quantiles.quantile_scores``: WIS, crossing and per-
 before and after post sorting, isotonic regression and CQR (calibrated on the validation part);
 its run saves those validation and test quantiles in ``records/<key>.npz``, which ``lossbench
 aggregate`` combines across runs.
+
+Aggregate responses (``[bags]``, ``lossbench.data.bags``; Javanmard et al., ICLR 2024): the
+fitting part and the validation part are each cut into bags of ``bags.size`` examples and every
+example's target becomes its bag's mean response (targets are standardised with the moments of
+what is seen); training batches hold whole bags, for every loss. Validation RMSE, and with it
+the best-validation epoch, is then bag-level (bag mean prediction vs bag response: all a learner
+can measure); test metrics stay per example on the untouched test split.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +41,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossbench.data.bags import (
+    bag_responses,
+    bag_sampler,
+    bag_steps,
+    hidden_share,
+    make_bags,
+    read_bags,
+)
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.engine.train import Diverged, TrainConfig, Trainer, seed_everything
-from lossbench.errors import require
+from lossbench.errors import UserError, require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
 from lossbench.losses import LOSSES, Loss
 from lossbench.losses.regression import Prediction
@@ -76,6 +91,15 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded."""
     check_common(spec)
     read_config(spec)
+    read_bags(spec)
+
+
+def check_spec_loss(spec: Mapping[str, Any], loss: str) -> None:
+    """Before the grid: a loss that learns from bags needs a task with bags."""
+    if "train_bags" in LOSSES.get(loss).context and not read_bags(spec).active:
+        raise UserError(f"loss '{loss}' learns from bag responses but task '{spec['task']}' has "
+                        "no bags; use a task with a [bags] table (e.g. uci-boston-bags, "
+                        "--set bags.size=8)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +143,12 @@ class RegressionData:
     y_mean: float
     y_std: float
     info: dict[str, Any]
+    train_bags: torch.Tensor | None = None
+    """Bag id of each training example where the task has ``[bags]`` (its ``y_train`` is then
+    the standardised bag mean response, all the learner sees); None without bags."""
+    val_bags: torch.Tensor | None = None
+    """Bag id of each validation example where the task has bags (``y_val`` holds the bag
+    means: validation RMSE is then bag-level, ``bag_rmse``); None without bags."""
 
 
 def prepare_data(spec: Mapping[str, Any], split: int, device: torch.device) -> RegressionData:
@@ -129,7 +159,20 @@ def prepare_data(spec: Mapping[str, Any], split: int, device: torch.device) -> R
     x_test = np.asarray(raw.x_test, dtype=np.float64).reshape(len(raw.y_test), -1)
     y_all = np.asarray(raw.y_train, dtype=np.float64)
     x_mean, x_std = moments(x_all[fit])
-    y_mean, y_std = moments(y_all[fit])
+    y_fit_seen, y_val_seen = y_all[fit], y_all[val]
+    bags = read_bags(spec)
+    bag_info: dict[str, Any] = {}
+    train_ids = val_ids = None
+    if bags.active:
+        train_ids = make_bags(bags, (x_all[fit] - x_mean) / x_std)
+        val_ids = make_bags(replace(bags, seed=bags.seed + 1), (x_all[val] - x_mean) / x_std)
+        y_fit_seen = bag_responses(y_all[fit], train_ids)
+        y_val_seen = bag_responses(y_all[val], val_ids)
+        bag_info = {"bags": {
+            "size": bags.size, "kind": bags.kind, "seed": bags.seed,
+            "num_bags": int(train_ids.max()) + 1, "num_val_bags": int(val_ids.max()) + 1,
+            "hidden_share": hidden_share(y_all[fit], y_fit_seen)}}
+    y_mean, y_std = moments(y_fit_seen)
 
     def inputs(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((x - x_mean) / x_std, dtype=torch.float32).to(device)
@@ -137,14 +180,17 @@ def prepare_data(spec: Mapping[str, Any], split: int, device: torch.device) -> R
     def original(y: np.ndarray) -> torch.Tensor:
         return torch.tensor(y, dtype=torch.float64).to(device)
 
-    y_fit = torch.as_tensor((y_all[fit] - y_mean) / y_std, dtype=torch.float32).to(device)
+    def ids(bag_ids: np.ndarray | None) -> torch.Tensor | None:
+        return None if bag_ids is None else torch.as_tensor(bag_ids).to(device)
+
+    y_fit = torch.as_tensor((y_fit_seen - y_mean) / y_std, dtype=torch.float32).to(device)
     info = {"split": split, "num_fit": len(fit), "num_val": len(val),
             "num_test": len(raw.y_test), "y_mean": float(y_mean), "y_std": float(y_std)}
     info |= {k: v for k, v in raw.meta.items() if isinstance(v, (int, float, str))}
     return RegressionData(
-        inputs(x_all[fit]), y_fit, inputs(x_all[val]), original(y_all[val]),
+        inputs(x_all[fit]), y_fit, inputs(x_all[val]), original(y_val_seen),
         inputs(x_test), original(np.asarray(raw.y_test, dtype=np.float64)),
-        float(y_mean), float(y_std), info,
+        float(y_mean), float(y_std), info | bag_info, ids(train_ids), ids(val_ids),
     )
 
 
@@ -185,6 +231,21 @@ def regression_metrics(pred: Prediction, y: torch.Tensor, shift: float, scale: f
     return out
 
 
+def bag_rmse(pred: Prediction, data: RegressionData) -> float:
+    """Validation RMSE of bag mean predictions against bag responses (original units): what a
+    learner who sees only bag means can measure."""
+    assert data.val_bags is not None
+    ids = data.val_bags
+    counts = torch.bincount(ids).double()
+
+    def per_bag(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(counts), dtype=torch.float64, device=ids.device).index_add_(
+            0, ids, values.double()) / counts
+
+    mean = pred["mean"].double() * data.y_std + data.y_mean
+    return (per_bag(mean) - per_bag(data.y_val)).square().mean().sqrt().item()
+
+
 def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     """Per-epoch curves -> last-epoch and best-validation-RMSE test metrics."""
     best = int(np.argmin(curves["val_rmse"]))
@@ -208,7 +269,9 @@ def build_loss_and_model(spec: Mapping[str, Any], name: str, params: Mapping[str
                          data: RegressionData) -> tuple[Loss, nn.Module]:
     """The loss (its ``head_dim`` sizes the model), then the model: a single run's order of RNG
     use after seeding."""
-    loss = LOSSES.get(name).build(params, num_train=len(data.x_train), train_inputs=data.x_train)
+    bags = data.train_bags if data.train_bags is not None else torch.arange(len(data.x_train))
+    loss = LOSSES.get(name).build(params, num_train=len(data.x_train), train_inputs=data.x_train,
+                                  train_bags=bags)
     model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
     model = MODELS.get(spec["model"]["name"]).build(
         model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=int(loss.head_dim))
@@ -303,7 +366,8 @@ def run_info(data: RegressionData, curves: Mapping[str, list[float]], level: flo
     accepts=("regression",),
     summary=("test_rmse@best_val", "test_nll@best_val", "test_coverage@best_val"),
     check=check_spec,
-    supplies=("num_train", "train_inputs"),
+    check_loss=check_spec_loss,
+    supplies=("num_train", "train_inputs", "train_bags"),
     pack_key=pack_key,
 )
 def run_regression(ctx: RunContext) -> RunOutput:
@@ -316,21 +380,29 @@ def run_regression(ctx: RunContext) -> RunOutput:
     seed_everything(ctx.seed)
     loss, model = build_loss_and_model(spec, ctx.loss, ctx.loss_params, data)
     loss, model = loss.to(ctx.device), model.to(ctx.device)
-    steps = max(1, len(data.x_train) // cfg.batch_size)
-    trainer = Trainer(model, loss, cfg, ctx.device, steps)
+    if data.train_bags is None:
+        trainer = Trainer(model, loss, cfg, ctx.device,
+                          max(1, len(data.x_train) // cfg.batch_size))
+    else:  # whole bags per batch, for every loss: the same batches for bag- and instance-level
+        trainer = Trainer(model, loss, cfg, ctx.device, bag_steps(data.train_bags,
+                                                                  cfg.batch_size),
+                          sampler=bag_sampler(data.train_bags))
     generator = torch.Generator().manual_seed(ctx.seed)
     level = getattr(loss, "interval_level", None)
     keeper = QuantileKeeper.of(loss)
 
-    def score(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return regression_metrics(loss.predict(out), y, data.y_mean, data.y_std, ev.interval,
-                                  level)
+    def score(out: torch.Tensor, y: torch.Tensor, bagged: bool = False) -> dict[str, float]:
+        pred = loss.predict(out)
+        if bagged:
+            return {"rmse": bag_rmse(pred, data)}
+        return regression_metrics(pred, y, data.y_mean, data.y_std, ev.interval, level)
 
     curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_train, data.y_train, generator, epoch)
         val_out, test_out = trainer.predict(data.x_val), trainer.predict(data.x_test)
-        diverged = add_epoch(curves, train_loss, score(val_out, data.y_val),
+        diverged = add_epoch(curves, train_loss,
+                             score(val_out, data.y_val, bagged=data.val_bags is not None),
                              score(test_out, data.y_test), epoch)
         if diverged is not None:
             raise diverged

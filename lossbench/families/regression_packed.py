@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lossbench.data.bags import read_bags
 from lossbench.engine.packed import (
     PACKED_RUNNERS,
     NotPackable,
@@ -35,6 +36,8 @@ def run_regression_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverg
     spec, device = ctxs[0].spec, ctxs[0].device
     if len({ctx.seed for ctx in ctxs}) > 1:
         raise NotPackable("runs of different splits see different inputs")
+    if read_bags(spec).active:
+        raise NotPackable("bagged tasks train on whole-bag batches, whose sizes can differ")
     data = prepare_data(spec, ctxs[0].seed, device)
     cfg = TrainConfig.from_spec(spec["train"])
     _, ev = read_config(spec)

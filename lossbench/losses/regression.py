@@ -380,3 +380,71 @@ class CSDivergence(RegressionLoss):
             x, target.to(out.dtype), out[:, 0], self.sigma_x, self.sigma_y, self.weights
         )
         return value.expand(len(target))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregate responses: bags whose responses only a bag mean reveals (``[bags]``).
+# --------------------------------------------------------------------------------------------
+
+
+AGGREGATE_PAPER = ("Javanmard, Chen, Mirrokni, Badanidiyuru & Fu, Learning from Aggregate "
+                   "responses: Instance Level versus Bag Level Loss Functions, ICLR 2024")
+
+
+class BagInterpolating(RegressionLoss):
+    """The interpolating estimator's loss: bag-level squared loss plus rho x the within-bag
+    variance of the predictions (Javanmard et al., ICLR 2024: ``L_bag + rho R``, rho in [0, 1]).
+
+    For a bag B of k examples with response ``ybar`` (the bag mean, which each example carries
+    as its target) and predictions ``f_i`` with mean ``fbar``, each example's value is
+    ``(ybar - fbar)^2 + rho (f_i - fbar)^2``, so the bag's mean is ``L_bag + rho R`` with
+    ``L_bag = (ybar - fbar)^2`` (bag-level loss) and ``R = (1/k) sum_i (f_i - fbar)^2``. By the
+    paper's Lemma 1, ``(1/k) sum_i (ybar - f_i)^2 = L_bag + R``: rho = 1 is the instance-level
+    loss and rho = 0 the bag-level one; in between trades the bag-level loss's unbiasedness for
+    the instance-level loss's lower variance. Bags are read through the examples' ids
+    (``train_bags[index]``); a batch must hold whole bags (``data.bags.bag_batches``).
+    """
+
+    def __init__(self, train_bags: Tensor, rho: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        self.rho = rho
+        bags = train_bags.long()
+        self.register_buffer("bags", bags, persistent=False)
+        self.register_buffer("sizes", torch.bincount(bags), persistent=False)
+
+    def forward(self, output: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
+        if index is None:
+            raise ValueError("a bag loss needs the batch's example ids (index) to find bags")
+        f = _as_float(output)[:, 0]
+        bag = self.bags[index]
+        ids, inverse, counts = torch.unique(bag, return_inverse=True, return_counts=True)
+        if not torch.equal(counts, self.sizes[ids]):
+            raise ValueError("a bag loss needs whole bags in each batch (data.bags.bag_batches)")
+        fbar = torch.zeros(len(ids), dtype=f.dtype, device=f.device).index_add_(0, inverse, f)
+        fbar = (fbar / counts.to(f.dtype))[inverse]
+        return (target.to(f.dtype) - fbar).square() + self.rho * (f - fbar).square()
+
+
+@LOSSES.register("bag-level", consumes="regression", explicit=True, paper=AGGREGATE_PAPER)
+class BagLevel(BagInterpolating):
+    """Bag-level loss ``(ybar - fbar)^2``: the bag's mean prediction against its response
+    (Javanmard et al. 2024; unbiased for linear models, higher variance)."""
+
+    def __init__(self, train_bags: Tensor) -> None:
+        super().__init__(train_bags, rho=0.0)
+
+
+@LOSSES.register("instance-level", consumes="regression", explicit=True, paper=AGGREGATE_PAPER)
+class InstanceLevel(BagInterpolating):
+    """Instance-level loss ``(1/k) sum_i (ybar - f_i)^2``: every example regresses to its bag's
+    response (Javanmard et al. 2024): bag-level plus the within-bag prediction variance (their
+    Lemma 1), a regulariser: biased, lower variance. Equal to ``mse`` on the bag responses."""
+
+    def __init__(self, train_bags: Tensor) -> None:
+        super().__init__(train_bags, rho=1.0)
+
+
+LOSSES.register("bag-interp", consumes="regression", explicit=True, paper=AGGREGATE_PAPER)(
+    BagInterpolating)
