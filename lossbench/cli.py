@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from lossbench.commands import catalogue, inspect, reports, run
+from lossbench.commands import catalogue, inspect, reports, run, tables
 
 
 def _no_help_metavar(command: Any, ctx: Any) -> Any:
@@ -41,7 +41,7 @@ app.add_typer(list_app, name="list")
 for name, command in [
     ("run", run.run), ("runs", inspect.runs), ("show", inspect.show),
     ("compare", reports.compare), ("leaderboard", reports.leaderboard), ("plot", reports.plot),
-    ("gate", reports.gate),
+    ("gate", reports.gate), ("tables", tables.tables),
 ]:
     app.command(name, cls=Command)(command)
 list_app.command("losses", cls=Command)(catalogue.list_losses)

@@ -39,11 +39,13 @@ def compare(
 ) -> None:
     """Methods x tasks: mean ± std, n, 95% CI, paired test vs a baseline, ranks."""
     from lossbench.report import compare as compare_report
-    from lossbench.report.load import load_runs
+    from lossbench.report.load import load_runs, report_metrics
 
     if format_ not in FORMATS:
         raise UserError(f"unknown --format '{format_}'; accepted: {', '.join(FORMATS)}")
-    result = compare_report.compare(load_runs(results or [DEFAULT_OUT]), metric,
+    paths = results or [DEFAULT_OUT]
+    metrics = report_metrics(paths, metric)
+    result = compare_report.compare(load_runs(paths, set(metrics.values())), metrics,
                                     split_multi([by]), baseline)
     if format_ == "md":
         sys.stdout.write(compare_report.markdown(result))
@@ -73,9 +75,10 @@ def leaderboard(
 ) -> None:
     """Markdown leaderboard: one table per task family, best bold, † = not significantly worse."""
     from lossbench.report import leaderboard as leaderboard_report
-    from lossbench.report.load import load_runs
+    from lossbench.report.load import load_runs, report_metrics
 
-    runs = load_runs(results or [DEFAULT_OUT])
+    paths = results or [DEFAULT_OUT]
+    runs = load_runs(paths, set(report_metrics(paths, metric).values()))
     if str(out) != "-":
         check_writable_file(out, "--out")
     text = leaderboard_report.leaderboard(runs, metric)
@@ -96,11 +99,13 @@ def plot(
 ) -> None:
     """PNGs: metric vs noise rate, learning curves, critical-difference diagram."""
     from lossbench.report import plots as plots_report
-    from lossbench.report.load import load_curves, load_runs
+    from lossbench.report.load import load_curves, load_runs, report_metrics
 
     plots_report.require_plotting()
     paths = results or [DEFAULT_OUT]
-    runs, curves = load_runs(paths), load_curves(paths)
+    metrics = set(report_metrics(paths, metric).values())
+    runs = load_runs(paths, metrics)
+    curves = load_curves(paths, {c for m in metrics for c in plots_report.curve_metrics(m)})
     check_writable_dir(out, "--out")
     written, skipped = plots_report.make_plots(runs, curves, out, metric, split_multi([by]))
     for path in written:
@@ -127,13 +132,16 @@ def gate(
 ) -> None:
     """CI gate: exit 1 when a result is worse than its baseline by more than max(tol, k·std)."""
     from lossbench.report import gate as gate_report
-    from lossbench.report.load import load_runs
+    from lossbench.report.load import check_metrics, load_runs, report_metrics
     from lossbench.report.summary import mean_std
 
+    paths = results or [DEFAULT_OUT]
     if write_baseline is not None:
         if baseline is not None:
             raise UserError("pass either --baseline (check) or --write-baseline (write), not both")
-        runs = load_runs(results or [DEFAULT_OUT])
+        if metric:
+            check_metrics(paths, metric)
+        runs = load_runs(paths, metric or set(report_metrics(paths, None).values()))
         check_writable_file(write_baseline, "--write-baseline")
         table = gate_report.summary_table(runs, metric or [])
         table.to_csv(write_baseline, index=False)
@@ -141,8 +149,9 @@ def gate(
         return
     if baseline is None:
         raise UserError("pass --baseline PATH (or --write-baseline PATH to create one)")
-    result = gate_report.gate(gate_report.read_baseline(baseline),
-                              load_runs(results or [DEFAULT_OUT]), tolerance, k, metric or [])
+    base = gate_report.read_baseline(baseline)
+    runs = load_runs(paths, {*(metric or []), *base["metric"].astype(str)})
+    result = gate_report.gate(base, runs, tolerance, k, metric or [])
     table = Table("task / loss / metric", "baseline", "new", "change", "allowed", "verdict",
                   title=f"gate vs {baseline}", show_lines=True)
     for _, r in result.rows.iterrows():

@@ -180,7 +180,7 @@ def run(
     """Run the loss x task x seed grid; resumes, skipping finished runs."""
     from lossbench.engine.executors import EXECUTORS, pack_groups, pack_size
     from lossbench.engine.grid import expand, parse_seeds
-    from lossbench.engine.store import FINISHED, Store
+    from lossbench.engine.store import Store
     from lossbench.engine.train import device_type
 
     if executor not in EXECUTORS:
@@ -198,8 +198,7 @@ def run(
                      dev_type, threads)
     require(bool(configs), "the grid is empty; check --loss, --task and --seeds")
     store = Store(out)
-    finished = {} if force else {
-        r["run_key"]: r for r in store.records() if r.get("status") in FINISHED}
+    finished = {} if force else store.finished()  # from the tables: no record is parsed twice
     for path, why in getattr(store, "unreadable", []):
         console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
                       "as not finished", highlight=False)
@@ -218,22 +217,27 @@ def run(
         with _sigterm_as_interrupt(), _progress(len(todo)) as (advance, make_reporter):
             reporter = make_reporter if executor == "local" and n_workers <= 1 else None
             for record in EXECUTORS[executor](todo, device, n_workers, reporter, **options):
-                store.write(record)
+                store.save(record)  # the record, then its rows in the tables
                 statuses.append(record["status"])
                 advance()
                 if record["status"] != "ok":
                     console.print(f"[yellow]{record['status']}[/]: {record['run_key']} "
                                   f"({record.get('reason', '')})", highlight=False)
     except KeyboardInterrupt:
-        store.write_tables()
         errors.print(f"interrupted: {plural(len(statuses), 'finished run')} this time "
                      f"{'is' if len(statuses) == 1 else 'are'} saved in {out}; run the same "
                      "command again to resume.", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    runs = store.write_tables()
-    keys = {c.key for c in configs}
-    print_summary(runs[runs["run_key"].isin(keys)], "results")
-    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'runs.csv'}", highlight=False)
+    from lossbench.families import FAMILIES
+
+    families = {c.family for c in configs}
+    shown = {m for f in families for m in FAMILIES.get(f).tags.get("summary", ())}
+    print_summary(store.tables.runs_frame(shown, {c.key for c in configs}), "results")
+    if store.tables_problem:
+        console.print(f"[yellow]warning[/]: tables not updated ({store.tables_problem}); "
+                      "reports add the missing rows from the records", highlight=False)
+    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'curves.parquet'} (`lossbench "
+                  f"tables {out} --export` writes runs.csv)", highlight=False)
     failed = statuses.count("failed")
     if failed:
         console.print(f"[red]{failed} of {plural(len(statuses), 'run')} failed[/]; `lossbench "

@@ -2,9 +2,9 @@
 
 Layout under an output folder::
 
-    records/<run-key>.json   one per finished run (status ok / diverged / failed)
-    runs.parquet, runs.csv   tidy: one row per run x final metric (columns in README)
-    curves.parquet           tidy: one row per run x metric x epoch
+    records/<run-key>.json   one per finished run (status ok / diverged / failed): the truth
+    runs.parquet/, curves.parquet/   the tidy tables, a cache of the records kept up to date
+                             run by run (``lossbench.engine.tables``); runs.csv on request
 
 A run whose record says ``ok`` or ``diverged`` is finished (divergence is a result: the same seed
 diverges again); a ``failed`` run (a crash) is retried on the next invocation. ``--force`` re-runs
@@ -17,18 +17,24 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-FINISHED = frozenset({"ok", "diverged"})
-RUN_COLUMNS = [
-    "run_key", "task", "family", "budget", "loss", "loss_params", "seed", "status", "reason",
-    "noise_kind", "noise_rate", "noise_realised", "metric", "value", "wall_s", "device",
-    "git_commit", "lossbench_version", "torch_version", "finished_at",
-]
-CURVE_COLUMNS = ["run_key", "task", "loss", "loss_params", "seed", "metric", "epoch", "value"]
+from lossbench.engine.tables import (
+    CURVE_COLUMNS,
+    FINISHED,
+    RUN_COLUMNS,
+    SyncReport,
+    Tables,
+    TablesBusy,
+    file_stamp,
+    rows_of,
+)
+
+__all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "tidy_curves", "tidy_runs"]
 
 
 class Store:
@@ -37,6 +43,10 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.records_dir = self.root / "records"
+        self.unreadable: list[tuple[Path, str]] = []
+        """Records found unreadable by the last ``records()`` or table update: (path, why)."""
+        self.tables_problem = ""
+        """Why the last ``save`` could not add its rows to the tables ('' when it did)."""
 
     def path(self, key: str) -> Path:
         return self.records_dir / f"{key}.json"
@@ -60,6 +70,28 @@ class Store:
             raise
         return target
 
+    def save(self, record: Mapping[str, Any]) -> Path:
+        """Write the record, then add its rows to the tables. The record is what counts: when the
+        tables cannot be updated (busy, disk full), ``tables_problem`` says why and the next
+        report adds the rows from the record."""
+        path = self.write(record)
+        try:
+            self.tables.add([record])
+            self.tables_problem = ""
+        except (OSError, TablesBusy) as err:
+            self.tables_problem = str(err)
+        return path
+
+    def listing(self) -> pd.Series | None:
+        """Stamp (``file_stamp``) of every record file by key: listing a folder is cheap, parsing
+        every record is not. None when there is no records folder."""
+        if not self.records_dir.is_dir():
+            return None
+        entries = [(e.name[:-5], file_stamp(e.stat())) for e in os.scandir(self.records_dir)
+                   if e.name.endswith(".json") and not e.name.startswith(".")]
+        keys = [k for k, _ in entries]
+        return pd.Series([i for _, i in entries], index=keys, dtype="int64")
+
     def run_keys(self) -> list[str]:
         """Keys of the record files (temp files of an unfinished write are never records)."""
         if not self.records_dir.is_dir():
@@ -69,35 +101,46 @@ class Store:
 
     def read(self, key: str) -> dict[str, Any] | None:
         """The record of ``key``; None when it is missing or unreadable (see ``check_record``)."""
-        record, _ = _load(self.path(key))
+        record, _, _ = self.load(key)
         return record
+
+    def load(self, key: str) -> tuple[dict[str, Any] | None, str, int]:
+        """(record, '', stamp) or (None, why it cannot be used, 0); the stamp is the one of the
+        file the record was read from."""
+        return _load(self.path(key))
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable record; unreadable ones are listed in ``self.unreadable`` (path,
         why) and count as not finished, so a resume re-runs them."""
-        self.unreadable: list[tuple[Path, str]] = []
+        self.unreadable = []
         out = []
         for key in self.run_keys():
-            record, problem = _load(self.path(key))
+            record, problem, _ = _load(self.path(key))
             if record is None:
                 self.unreadable.append((self.path(key), problem))
             else:
                 out.append(record)
         return out
 
-    def done_keys(self) -> set[str]:
-        return {r["run_key"] for r in self.records() if r.get("status") in FINISHED}
+    @cached_property
+    def tables(self) -> Tables:
+        return Tables(self)
 
-    def write_tables(self) -> pd.DataFrame:
-        """Rebuild the tidy tables from all records; returns the runs table."""
-        records = self.records()
-        runs = tidy_runs(records)
-        curves = tidy_curves(records)
-        self.root.mkdir(parents=True, exist_ok=True)
-        runs.to_csv(self.root / "runs.csv", index=False)
-        runs.to_parquet(self.root / "runs.parquet", index=False)
-        curves.to_parquet(self.root / "curves.parquet", index=False)
-        return runs
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Finished runs from the tables: key -> {status, versions: {torch, lossbench}}. Only
+        records not yet in the tables are parsed; unreadable ones land in ``unreadable``."""
+        self.unreadable = []
+        return self.tables.finished()
+
+    def done_keys(self) -> set[str]:
+        return set(self.finished())
+
+    def write_tables(self, rebuild: bool = False) -> SyncReport:
+        """Bring the tables up to date with the records, adding only what they lack
+        (``rebuild``: every record, replacing all rows)."""
+        report = self.tables.sync(rebuild)
+        self.unreadable = report.unreadable
+        return report
 
 
 def _umask() -> int:
@@ -117,63 +160,25 @@ def check_record(record: Any, key: str) -> str:
     return ""
 
 
-def _load(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(record, '') or (None, why it cannot be used)."""
+def _load(path: Path) -> tuple[dict[str, Any] | None, str, int]:
+    """(record, '', stamp) or (None, why it cannot be used, 0)."""
     try:
-        record = json.loads(path.read_text())
+        with path.open("rb") as fh:
+            stamp = file_stamp(os.fstat(fh.fileno()))
+            record = json.loads(fh.read())
     except FileNotFoundError:
-        return None, "missing"
+        return None, "missing", 0
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"unreadable ({type(err).__name__}: {err})"
+        return None, f"unreadable ({type(err).__name__}: {err})", 0
     problem = check_record(record, path.stem)
-    return (None, problem) if problem else (record, "")
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return (None, problem, 0) if problem else (record, "", stamp)
 
 
 def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per run x final metric; a run with no metrics (failed) keeps one row, metric=None."""
-    rows: list[dict[str, Any]] = []
-    for rec in records:
-        cfg = rec["config"]
-        # Diverged/failed runs have no noise report: fall back to the requested noise in the spec,
-        # so they land in the right column of a noise sweep (realised rate unknown).
-        requested = cfg.get("spec", {}).get("noise") or {}
-        noise = (rec.get("info") or {}).get("noise") or {
-            "kind": requested.get("kind", "none"),
-            "requested_rate": requested.get("rate", 0.0),
-            "realised_rate": float("nan"),
-        }
-        base = {
-            "run_key": rec["run_key"], "task": cfg["task"], "family": cfg["family"],
-            "budget": cfg["budget"], "loss": cfg["loss"],
-            "loss_params": _params_text(cfg["loss_params"]), "seed": cfg["seed"],
-            "status": rec["status"], "reason": rec.get("reason", ""),
-            "noise_kind": noise.get("kind", "none"),
-            "noise_rate": noise.get("requested_rate", 0.0),
-            "noise_realised": noise.get("realised_rate", 0.0),
-            "wall_s": rec.get("wall_s"), "device": rec.get("device"),
-            "git_commit": rec.get("git_commit"),
-            "lossbench_version": rec.get("versions", {}).get("lossbench"),
-            "torch_version": rec.get("versions", {}).get("torch"),
-            "finished_at": rec.get("finished_at"),
-        }
-        metrics = rec.get("metrics") or {None: None}
-        rows += [base | {"metric": m, "value": v} for m, v in metrics.items()]
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return rows_of(records).runs_table().to_pandas()
 
 
 def tidy_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    rows = [
-        {
-            "run_key": rec["run_key"], "task": rec["config"]["task"], "loss": rec["config"]["loss"],
-            "loss_params": _params_text(rec["config"]["loss_params"]),
-            "seed": rec["config"]["seed"], "metric": metric, "epoch": epoch + 1, "value": value,
-        }
-        for rec in records
-        for metric, values in (rec.get("curves") or {}).items()
-        for epoch, value in enumerate(values)
-    ]
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    """One row per run x metric x epoch (epochs from 1)."""
+    return rows_of(records).curves_table().to_pandas()
