@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 from lossbench.errors import UserError, require
@@ -37,9 +38,12 @@ class RunConfig:
     threads: int = 1
     """Torch CPU threads of the run: float sums (and so numbers) depend on it."""
 
-    @property
+    @cached_property
     def key(self) -> str:
-        return run_key(asdict(self))
+        """``run_key(asdict(self))``, computed faster: the spec (shared by a task's configs)
+        is serialised once, not deep-copied and serialised per config."""
+        config = {f.name: getattr(self, f.name) for f in fields(self)} | {"spec": _SPEC_SLOT}
+        return _digest(_canonical(config).replace(_SPEC_SLOT_TEXT, _spec_text(self.spec), 1))
 
     @property
     def label(self) -> str:
@@ -48,8 +52,30 @@ class RunConfig:
 
 
 def run_key(config: Mapping[str, Any]) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return _digest(_canonical(config))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_SPEC_SLOT = "\x00spec\x00"  # no field holds a NUL character: a unique placeholder
+_SPEC_SLOT_TEXT = _canonical(_SPEC_SLOT)
+_SPEC_TEXTS: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """``_canonical(spec)``, once per spec object (held, so its id is not reused)."""
+    hit = _SPEC_TEXTS.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_SPEC_TEXTS) > 256:
+            _SPEC_TEXTS.clear()
+        hit = _SPEC_TEXTS[id(spec)] = (spec, _canonical(spec))
+    return hit[1]
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +37,11 @@ from lossbench.engine.tables import (
 )
 
 __all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "tidy_curves", "tidy_runs"]
+
+
+LISTING_TTL_NS = 10 * 10**9
+_LISTINGS: dict[str, tuple[int, int, pd.Series]] = {}
+"""Per records folder: (its mtime, when listed, the listing), reused within one process."""
 
 
 class Store:
@@ -85,12 +92,26 @@ class Store:
     def listing(self) -> pd.Series | None:
         """Stamp (``file_stamp``) of every record file by key: listing a folder is cheap, parsing
         every record is not. None when there is no records folder."""
-        if not self.records_dir.is_dir():
+        try:
+            folder = os.stat(self.records_dir)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        if not stat.S_ISDIR(folder.st_mode):
+            return None
+        path = os.path.abspath(self.records_dir)
+        started = time.time_ns()
+        cached = _LISTINGS.get(path)
+        # A record written, renamed or removed changes the folder's mtime; a listing taken well
+        # after that mtime (not in the same clock tick) and not long ago is still the listing.
+        if cached is not None and cached[0] == folder.st_mtime_ns and (
+                cached[1] - folder.st_mtime_ns > 1e9 and started - cached[1] < LISTING_TTL_NS):
+            return cached[2]
         entries = [(e.name[:-5], file_stamp(e.stat())) for e in os.scandir(self.records_dir)
                    if e.name.endswith(".json") and not e.name.startswith(".")]
-        keys = [k for k, _ in entries]
-        return pd.Series([i for _, i in entries], index=keys, dtype="int64")
+        listing = pd.Series([i for _, i in entries], index=[k for k, _ in entries],
+                            dtype="int64")
+        _LISTINGS[path] = (folder.st_mtime_ns, started, listing)
+        return listing
 
     def run_keys(self) -> list[str]:
         """Keys of the record files (temp files of an unfinished write are never records)."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import math
 import os
 import secrets
@@ -176,10 +177,12 @@ class _Rows:
         return pa.table(self.runs, schema=RUN_SCHEMA)
 
     def curves_table(self) -> pa.Table:
+        """Sorted by metric (as segments store them) without sorting: parts are put in order."""
         if not self.curve_parts:
             return CURVE_SCHEMA.empty_table()
-        counts = np.array([len(a) for _, _, a in self.curve_parts], dtype=np.int64)
-        run_of_row = pa.array(np.repeat([r for r, _, _ in self.curve_parts], counts))
+        parts = sorted(self.curve_parts, key=lambda p: p[1])
+        counts = np.array([len(a) for _, _, a in parts], dtype=np.int64)
+        run_of_row = pa.array(np.repeat([r for r, _, _ in parts], counts))
         part_of_row = pa.array(np.repeat(np.arange(len(counts)), counts))
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         columns: dict[str, pa.Array] = {
@@ -187,9 +190,9 @@ class _Rows:
             .take(run_of_row)
             for col in ("run_key", "task", "loss", "loss_params", "seed")
         }
-        columns["metric"] = pa.array([m for _, m, _ in self.curve_parts]).take(part_of_row)
+        columns["metric"] = pa.array([m for _, m, _ in parts]).take(part_of_row)
         columns["epoch"] = pa.array(np.arange(len(run_of_row)) - starts + 1)
-        columns["value"] = pa.concat_arrays([a for _, _, a in self.curve_parts])
+        columns["value"] = pa.concat_arrays([a for _, _, a in parts])
         return pa.table(columns, schema=CURVE_SCHEMA)
 
     def index_table(self) -> pa.Table:
@@ -241,11 +244,13 @@ def _replace_into(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _metric_groups(table: pa.Table) -> Iterator[pa.Table]:
+def _metric_groups(table: pa.Table, presorted: bool = False) -> Iterator[pa.Table]:
     """``table``'s rows, one table per metric (sorted; missing metric last)."""
     if table.num_rows == 0:
         return
-    table = table.sort_by([("metric", "ascending")]).combine_chunks()  # missing metric last
+    if not presorted:
+        table = table.sort_by([("metric", "ascending")])  # missing metric last
+    table = table.combine_chunks()
     metric = table.column("metric").combine_chunks()
     changed = pc.not_equal(metric[1:], metric[:-1]).fill_null(False)
     bounds = np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1
@@ -301,6 +306,7 @@ class Snapshot:
     """Segments whose index cannot be read: name -> why."""
     listed: bool
     """Whether the records folder was listed (else pending/gone were not looked for)."""
+    indexes: dict[str, _Index]
 
 
 @dataclass
@@ -322,7 +328,7 @@ class Tables:
         self.curves_dir = self.root / "curves.parquet"
         self.index_dir = self.runs_dir / "_index"
         self.lock_path = self.root / ".tables.lock"
-        self._index_cache: dict[str, pa.Table] = {}
+        self._index_cache = _INDEXES.setdefault(os.path.abspath(self.index_dir), {})
         self.last_keys: set[str] = set()
 
     # -- reading the index ------------------------------------------------------------------------
@@ -346,21 +352,28 @@ class Tables:
     def snapshot(self, listed: bool = True) -> Snapshot:
         """The committed segments, their live runs and (``listed``) the pending records."""
         segments = self._segment_names()
+        cache = self._index_cache
+        for name in [n for n in cache if n not in segments]:
+            cache.pop(name, None)
         broken: dict[str, str] = {}
-        for name in list(self._index_cache):
-            if name not in segments:
-                del self._index_cache[name]
+        indexes: dict[str, _Index] = {}
         for name in segments:
-            if name not in self._index_cache:
+            entry = cache.get(name)
+            if entry is None:
                 try:
                     table = pq.read_table(self.index_dir / f"{name}.parquet")
-                    self._index_cache[name] = table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+                    combos = json.loads((table.schema.metadata or {})[CATALOGUE_KEY])
+                    entry = cache[name] = _Index(
+                        table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA),
+                        {tuple(c) for c in combos})
                 except FileNotFoundError:  # merged away since the listing
                     continue
-                except TABLE_ERRORS as err:
-                    broken[name] = f"{type(err).__name__}: {err}"
-        names = sorted((n for n in segments if n in self._index_cache), key=lambda n: segments[n])
-        tables = [self._index_cache[n] for n in names]
+                except (*TABLE_ERRORS, KeyError) as err:
+                    broken[name] = f"{type(err).__name__}: {_first_line(err)}"
+                    continue
+            indexes[name] = entry
+        names = sorted(indexes, key=lambda n: segments[n])
+        tables = [indexes[n].table for n in names]
         index = (pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()).to_pandas()
         index["segment"] = np.repeat(np.array(names, dtype=object),
                                      [t.num_rows for t in tables]).astype(str)
@@ -382,7 +395,7 @@ class Tables:
             else:
                 keep[name] = set(owners.loc[owners["segment"] == name, "run_key"])
         return Snapshot({n: segments[n] for n in names}, owners.reset_index(drop=True), keep,
-                        pending, broken, records is not None)
+                        pending, broken, records is not None, indexes)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -440,10 +453,20 @@ class Tables:
     def _commit(self, seg: Segment, runs: Iterable[pa.Table], curves: Iterable[pa.Table],
                 index: pa.Table) -> None:
         runs_path, curves_path, index_path = self._paths(seg.name)
-        _write_grouped(runs_path, RUN_SCHEMA, runs)
+        combos: set[Combo] = set()
+
+        def noted(groups: Iterable[pa.Table]) -> Iterator[pa.Table]:
+            for group in groups:
+                combos.update(_combos(group))
+                yield group
+
+        _write_grouped(runs_path, RUN_SCHEMA, noted(runs))
         _write_grouped(curves_path, CURVE_SCHEMA, curves)
-        _replace_into(index_path, lambda tmp: pq.write_table(index, tmp))  # the commit point
-        self._index_cache[seg.name] = index
+        meta = {CATALOGUE_KEY: json.dumps(sorted(combos, key=str))}
+        # the index is written last: the commit point
+        _replace_into(index_path, lambda tmp: pq.write_table(
+            index.replace_schema_metadata(meta), tmp))
+        self._index_cache[seg.name] = _Index(index, combos)
 
     def _remove(self, names: Iterable[str]) -> None:
         for name in names:
@@ -455,7 +478,7 @@ class Tables:
     def _write_rows(self, rows: _Rows, known: Iterable[Segment]) -> Segment:
         seg = self._new_segment(len(rows.curve_runs), known)
         self._commit(seg, _metric_groups(rows.runs_table()),
-                     _metric_groups(rows.curves_table()), rows.index_table())
+                     _metric_groups(rows.curves_table(), presorted=True), rows.index_table())
         return seg
 
     def _add_pending(self, snap: Snapshot) -> tuple[int, list[tuple[Path, str]]]:
@@ -740,9 +763,27 @@ class Tables:
         return self.read("curves", metrics, keys).to_pandas()
 
     def catalogue(self) -> pd.DataFrame:
-        """Distinct (family, status, metric) of the runs: which metrics there are, cheaply."""
-        table = self.read("runs", columns=["family", "status", "metric"])
-        return table.group_by(["family", "status", "metric"]).aggregate([]).to_pandas()
+        """Distinct (family, status, metric) of the runs: which metrics there are. Each segment
+        notes its own when written; only segments holding dead rows are read."""
+        columns = ["family", "status", "metric"]
+        if self._legacy():
+            return self.read("runs", columns=columns).group_by(columns).aggregate([]).to_pandas()
+        for _ in range(READ_RETRIES):
+            snap, extra = self.current()
+            combos = {c for n, k in snap.keep.items() if k is None
+                      for c in snap.indexes[n].combos}
+            tables = [extra.runs] if extra is not None else []
+            try:
+                tables += [_read_parquet([self.runs_dir / f"{n}.parquet"], RUN_SCHEMA, columns,
+                                         _with_keys(None, k)) for n, k in snap.keep.items() if k]
+            except TABLE_ERRORS:
+                self._repair(snap, self.runs_dir)
+                continue
+            for table in tables:
+                combos.update(_combos(table))
+            return pd.DataFrame(sorted(combos, key=str), columns=columns)
+        raise UserError(f"the tables of {self.root} kept changing or stayed unreadable while "
+                        "being read; retry, or run `lossbench tables --rebuild`")
 
     def export_csv(self, path: Path) -> int:
         """Every live run row in one CSV file (the tidy runs table); returns the row count."""
@@ -760,9 +801,34 @@ class SyncReport:
     """Unreadable segments dropped (their runs re-added from records)."""
 
 
+Combo = tuple[str | None, str | None, str | None]
+"""(family, status, metric) of some run rows."""
+CATALOGUE_KEY = b"lossbench.catalogue"
+
+
+@dataclass
+class _Index:
+    """One segment's index and its catalogue (the distinct (family, status, metric) of its
+    rows), kept for as long as the segment exists."""
+
+    table: pa.Table
+    combos: set[Combo]
+
+
+_INDEXES: dict[str, dict[str, _Index]] = {}
+"""Per index folder, the indexes read so far: segment files never change, so a process reads
+each one once."""
+
+
+def _combos(table: pa.Table) -> set[Combo]:
+    columns = ["family", "status", "metric"]
+    distinct = table.select(columns).group_by(columns).aggregate([])
+    return set(zip(*(distinct.column(c).to_pylist() for c in columns), strict=True))
+
+
 def _empty_snapshot(pending: list[str]) -> Snapshot:
     return Snapshot({}, pd.DataFrame(columns=[*INDEX_SCHEMA.names, "segment"]), {}, pending, {},
-                    True)
+                    True, {})
 
 
 def _first_line(err: BaseException) -> str:
