@@ -88,7 +88,10 @@ CHUNK_RUNS = 256
 """Records per segment when many are added at once (bounds the memory of a catch-up)."""
 GROUP_ROWS = 1024
 """Metrics are packed into one parquet row group until it reaches this many rows."""
-LOCK_TIMEOUT_S = 10.0
+LOCK_TIMEOUT_S = 30.0
+"""How long a writer waits for another (a merge of FULL_RUNS runs takes seconds)."""
+READER_WAIT_S = 2.0
+"""How long a reader waits to add pending records itself before reading them into memory."""
 READ_RETRIES = 5
 TABLE_ERRORS = (pa.ArrowException, OSError, ValueError)
 
@@ -400,12 +403,12 @@ class Tables:
     # -- writing ----------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    def _locked(self, timeout: float | None = None) -> Iterator[None]:
         """Writers one at a time (the kernel drops the lock of a killed process)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -566,10 +569,10 @@ class Tables:
                         Segment.parse(stem) is not None and stem not in committed)):
                     Path(entry.path).unlink(missing_ok=True)
 
-    def sync(self, rebuild: bool = False) -> SyncReport:
+    def sync(self, rebuild: bool = False, timeout: float | None = None) -> SyncReport:
         """Add the rows of every pending record (``rebuild``: of every record, then drop the
         old segments); merge and clean up. Returns what was done."""
-        with self._locked():
+        with self._locked(timeout):
             self._prepare()
             snap = self.snapshot()
             old = list(snap.segments) + list(snap.broken)
@@ -619,7 +622,7 @@ class Tables:
             raise UserError(f"table file '{self.index_dir / name}.parquet' is unreadable ({why}) "
                             f"and {self.root} has no records to rebuild it from")
         try:
-            self.store.unreadable = self.sync().unreadable
+            self.store.unreadable = self.sync(timeout=READER_WAIT_S).unreadable
             snap = self.snapshot()
         except (OSError, TablesBusy, UserError):
             if snap is None:  # a legacy folder that cannot be converted: every record in memory
@@ -733,7 +736,7 @@ class Tables:
             raise UserError(f"table file '{path}' is unreadable ({why}) and {self.root} has no "
                             "records to rebuild it from")
         try:
-            with self._locked():
+            with self._locked(READER_WAIT_S):
                 self._remove(n for n, _, _ in bad)
         except (OSError, TablesBusy):
             raise UserError(f"table file '{path}' is unreadable ({why}) and cannot be replaced "
