@@ -1,8 +1,9 @@
 """What a no-op resume and a ``compare`` cost as the results folder grows.
 
 Synthetic records shaped like a quick digits classification record (28 final metrics, 13 curves
-x 150 epochs, a noise report; 2% diverged) and keyed like the real grid ``--loss all --task
-digits-noisy --seeds 0-S`` (S from --records), so ``lossbench run`` finds every run finished.
+x 150 epochs, a noise report; 2% diverged) and keyed like the real grid ``--loss all --task``
+(the 18 classification tasks) ``--seeds 0-S`` (S from --records: 378 runs a seed), so ``lossbench
+run`` finds every run finished and ``compare`` has a paper-like table (21 losses x 18 tasks).
 Each code version (``--code NAME=PATH``, a lossbench checkout; default ``after`` = this one) runs
 as a fresh ``python -m lossbench.cli`` process, as a user would, on its own hard-linked copy of
 the records; the versions alternate. Time: median (min-max) of --repeats; memory: the process's
@@ -50,7 +51,10 @@ CURVES = ["test_ada_ece", "test_auroc", "test_bacc", "test_brier", "test_ece", "
           "test_macro_f1", "test_nll", "test_top1", "test_top5", "train_loss", "val_bacc",
           "val_top1"]
 EPOCHS = 150
-TASK = "digits-noisy"
+TASKS = ["breast-cancer", "cifar10", "cifar10-binary", "cifar10-lt", "cifar10-noisy", "cifar100",
+         "cifar100-lt", "cifar100-noisy", "cifar100n", "cifar10n-aggregate", "cifar10n-random1",
+         "cifar10n-random2", "cifar10n-random3", "cifar10n-worst", "digits", "digits-binary",
+         "digits-lt", "digits-noisy"]
 IMPORTS = "import lossbench.engine.executors, lossbench.report.compare, pandas, pyarrow.parquet"
 STORE_ONLY = """
 import json, sys, time
@@ -65,10 +69,13 @@ print(json.dumps([a, time.perf_counter() - t]))
 """
 
 
-def grid(n_records: int) -> list[RunConfig]:
-    """The grid of every loss x as many seeds as make at least ``n_records`` runs."""
-    losses = len(expand(["all"], [TASK], [0], "quick"))
-    return expand(["all"], [TASK], list(range(math.ceil(n_records / losses))), "quick")
+def grid(seeds: range) -> list[RunConfig]:
+    return expand(["all"], TASKS, list(seeds), "quick")
+
+
+def seeds_for(n_records: int) -> int:
+    """As many seeds as make at least ``n_records`` runs."""
+    return math.ceil(n_records / len(grid(range(1))))
 
 
 def write_records(folder: Path, configs: list[RunConfig], seed: int = 0) -> None:
@@ -144,21 +151,21 @@ def main() -> None:
     newest = list(codes)[-1]
     console = Console()
     table = Table("records", "operation", "code", "time s (median, min–max)", "peak MB",
-                  title=f"store cost, {TASK} --loss all, synthetic quick records "
+                  title=f"store cost, --loss all x {len(TASKS)} tasks, synthetic quick records "
                         f"({len(METRICS)} metrics, {len(CURVES)} curves x {EPOCHS} epochs)")
     py = sys.executable
     try:
         for n in (int(x) for x in args.records.split(",")):
-            configs = grid(n)
-            seeds = configs[-1].seed + 1
+            seeds = seeds_for(n)
+            configs = grid(range(seeds))
             source = args.dir / f"records-{n}"
             if not source.is_dir() or sum(1 for _ in os.scandir(source)) != len(configs):
                 start = time.perf_counter()
                 write_records(source, configs)
                 console.print(f"wrote {len(configs)} records in {time.perf_counter() - start:.0f}"
                               " s", highlight=False)
-            run = [py, "-m", "lossbench.cli", "run", "--loss", "all", "--task", TASK, "--budget",
-                   "quick", "--device", "cpu", "--seeds", f"0-{seeds - 1}"]
+            run = [py, "-m", "lossbench.cli", "run", "--loss", "all", "--task", ",".join(TASKS),
+                   "--budget", "quick", "--device", "cpu", "--seeds", f"0-{seeds - 1}"]
             active = {name: path for name, path in codes.items()
                       if name == newest or n <= args.before_max}
             outs = {name: args.dir / f"{n}-{name}" for name in active}
@@ -197,8 +204,7 @@ def main() -> None:
                               f"{statistics.median(times):.2f} ({min(times):.2f}–{max(times):.2f})",
                               "" if math.isnan(peak) else f"{peak:.0f}")
             if newest in active:  # a run killed before its rows were added: 1% pending
-                pending = expand(["all"], [TASK], list(range(seeds, seeds + max(1, seeds // 100))),
-                                 "quick")
+                pending = grid(range(seeds, seeds + 1))[: max(1, len(configs) // 100)]
                 write_records(outs[newest] / "records", pending, seed=1)
                 s, mb, _ = timed([py, "-m", "lossbench.cli", "compare", str(outs[newest])],
                                  active[newest])

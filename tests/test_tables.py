@@ -334,3 +334,25 @@ def test_record_folder_listing_sees_every_change(tmp_path: Path) -> None:
     store.write(fake_record("t", "ce", 1, {"test_top1": 1.0}))  # ... until it changes
     listing = store.listing()
     assert listing is not None and len(listing) == 2
+
+
+def test_a_no_op_resume_reads_the_tables_not_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs = expand(["ce", "gce"], ["digits-noisy"], [0, 1], "smoke")
+    store = Store(tmp_path)
+    for i, cfg in enumerate(configs):
+        store.save({"run_key": cfg.key, "config": asdict(cfg), "status": "ok",
+                    "metrics": {"test_top1": 50.0 + i}, "curves": {},
+                    "versions": {"torch": "0.0-other" if i == 0 else "2.13.0+cpu",
+                                 "lossbench": "0.1.0"}})
+
+    def no_parsing(self: Store, key: str) -> None:
+        raise AssertionError(f"record {key} parsed")
+
+    monkeypatch.setattr(Store, "load", no_parsing)
+    code, text = invoke("run", "--loss", "ce", "--loss", "gce", "--task", "digits-noisy",
+                        "--budget", "smoke", "--seeds", "0,1", "--device", "cpu", "--out",
+                        str(tmp_path))
+    assert code == 0 and "4 already finished, 0 to run" in text, text
+    assert "1 finished run reused from the folder were made with torch 0.0-other" in text
