@@ -356,3 +356,16 @@ def test_a_no_op_resume_reads_the_tables_not_the_records(
                         str(tmp_path))
     assert code == 0 and "4 already finished, 0 to run" in text, text
     assert "1 finished run reused from the folder were made with torch 0.0-other" in text
+
+
+def test_a_broken_segment_met_by_a_merge_does_not_stop_the_grid(tmp_path: Path) -> None:
+    recs = records(tables_module.FANOUT)
+    store = Store(tmp_path)
+    for rec in recs[:-1]:
+        store.save(rec)
+    first = next(iter(store.tables.snapshot().segments))
+    (tmp_path / "curves.parquet" / f"{first}.parquet").write_bytes(b"PAR1")
+    store.save(recs[-1])  # its segment completes a tier: the merge meets the broken file
+    assert store.tables_problem == ""
+    assert load_runs([tmp_path])["run_key"].nunique() == len(recs)
+    assert len(load_curves([tmp_path])) == len(tidy_curves(recs))

@@ -29,12 +29,14 @@ from lossbench.engine.tables import (
     CURVE_COLUMNS,
     FINISHED,
     RUN_COLUMNS,
+    TABLE_ERRORS,
     SyncReport,
     Tables,
     TablesBusy,
     file_stamp,
     rows_of,
 )
+from lossbench.errors import UserError
 
 __all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "tidy_curves", "tidy_runs"]
 
@@ -85,8 +87,8 @@ class Store:
         try:
             self.tables.add([record])
             self.tables_problem = ""
-        except (OSError, TablesBusy) as err:
-            self.tables_problem = str(err)
+        except (*TABLE_ERRORS, TablesBusy, UserError) as err:
+            self.tables_problem = str(err).splitlines()[0] if str(err) else type(err).__name__
         return path
 
     def listing(self) -> pd.Series | None:

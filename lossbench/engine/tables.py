@@ -525,6 +525,14 @@ class Tables:
         self._remove(names)
         return seg
 
+    def _merge(self, snap: Snapshot, names: Sequence[str]) -> None:
+        """``_rewrite``; segments that turn out unreadable are dropped instead (their runs are
+        pending again: the next reader or ``sync`` adds them from their records)."""
+        try:
+            self._rewrite(snap, names)
+        except TABLE_ERRORS:
+            self._remove(names)
+
     def _merged(self, folder: Path, schema: pa.Schema,
                 keep: Mapping[str, set[str] | None]) -> Iterator[pa.Table]:
         """The live rows of segments ``keep`` in ``folder``, one table per metric: memory stays
@@ -548,7 +556,7 @@ class Tables:
         self._remove(snap.broken)
         dirty = [n for n, k in snap.keep.items() if k is not None]
         for name in dirty:
-            self._rewrite(snap, [name])
+            self._merge(snap, [name])
         if dirty:
             snap = self.snapshot(listed=False)
         while True:
@@ -559,7 +567,7 @@ class Tables:
             ready = [sorted(group)[:FANOUT] for group in tiers.values() if len(group) >= FANOUT]
             if not ready:
                 break
-            self._rewrite(snap, [s.name for s in ready[0]])
+            self._merge(snap, [s.name for s in ready[0]])
             snap = self.snapshot(listed=False)
         committed = set(snap.segments) | set(snap.broken)
         for folder in (self.runs_dir, self.curves_dir, self.index_dir):
