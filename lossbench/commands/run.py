@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from lossbench.engine.grid import RunConfig
     from lossbench.families.base import Reporter
 
+SUMMARY_COLUMNS = ["task", "family", "loss", "loss_params", "status"]
+"""What ``print_summary`` reads of the runs table (with run_key, metric and value)."""
 EXIT_ALL_FAILED = 1
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -232,7 +234,8 @@ def run(
 
     families = {c.family for c in configs}
     shown = {m for f in families for m in FAMILIES.get(f).tags.get("summary", ())}
-    print_summary(store.tables.runs_frame(shown, {c.key for c in configs}), "results")
+    print_summary(store.tables.runs_frame(shown, {c.key for c in configs}, SUMMARY_COLUMNS),
+                  "results")
     if store.tables_problem:
         console.print(f"[yellow]warning[/]: tables not updated ({store.tables_problem}); "
                       "reports add the missing rows from the records", highlight=False)

@@ -289,7 +289,8 @@ def _read_parquet(paths: Sequence[Path], schema: pa.Schema, columns: Sequence[st
     if not paths:
         return schema.empty_table().select(list(columns or schema.names))
     dataset = ds.dataset([str(p) for p in paths], schema=schema, format="parquet")
-    return dataset.to_table(columns=list(columns) if columns else None, filter=where)
+    return dataset.to_table(columns=list(columns) if columns else None, filter=where,
+                            use_threads=False)
 
 
 # -- snapshot of the tables -----------------------------------------------------------------------
@@ -364,7 +365,7 @@ class Tables:
             entry = cache.get(name)
             if entry is None:
                 try:
-                    table = pq.read_table(self.index_dir / f"{name}.parquet")
+                    table = pq.read_table(self.index_dir / f"{name}.parquet", use_threads=False)
                     combos = json.loads((table.schema.metadata or {})[CATALOGUE_KEY])
                     entry = cache[name] = _Index(
                         table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA),
@@ -752,14 +753,18 @@ class Tables:
                             "is writable") from None
 
     def runs_frame(self, metrics: Iterable[str] | None = None,
-                   keys: Iterable[str] | None = None) -> pd.DataFrame:
-        """The tidy runs table (RUN_COLUMNS). With ``metrics``, every run still has a row: a run
-        with none of them keeps one row without a metric (as a failed run has)."""
-        table = self.read("runs", metrics, keys)
+                   keys: Iterable[str] | None = None,
+                   columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The tidy runs table (RUN_COLUMNS, or ``columns``). With ``metrics``, every run still
+        has a row: a run with none of them keeps one row without a metric (as a failed run
+        has)."""
+        if columns is not None:
+            columns = list(dict.fromkeys(["run_key", *columns, "metric", "value"]))
+        table = self.read("runs", metrics, keys, columns)
         if metrics is not None:
             missing = self.last_keys - set(pc.unique(table.column("run_key")).to_pylist())
             if missing:
-                extra = self.read("runs", None, missing)
+                extra = self.read("runs", None, missing, columns)
                 first = pc.index_in(pc.unique(extra.column("run_key")), extra.column("run_key"))
                 extra = extra.take(first)
                 extra = extra.set_column(extra.schema.get_field_index("metric"), "metric",
