@@ -63,9 +63,13 @@ import lossbench.report.compare
 from lossbench.engine.store import Store
 from lossbench.report.load import load_runs, report_metrics
 out = Path(sys.argv[1])
-t = time.perf_counter(); Store(out).finished(); a = time.perf_counter() - t
-t = time.perf_counter(); m = report_metrics([out], None); load_runs([out], set(m.values()))
-print(json.dumps([a, time.perf_counter() - t]))
+t, c = time.perf_counter(), time.process_time()
+Store(out).finished()
+a = [time.perf_counter() - t, time.process_time() - c]
+t, c = time.perf_counter(), time.process_time()
+m = report_metrics([out], None)
+load_runs([out], set(m.values()))
+print(json.dumps([a, [time.perf_counter() - t, time.process_time() - c]]))
 """
 
 
@@ -119,8 +123,9 @@ def linked_copy(records: Path, out: Path) -> None:
         os.link(entry.path, out / "records" / entry.name)
 
 
-def timed(cmd: list[str], code: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS MB, stdout) of one fresh process."""
+def timed(cmd: list[str], code: Path) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS MB, stdout) of one fresh process. CPU time (user +
+    system) is what a busy machine does not inflate: wall time waits for the CPU too."""
     env = os.environ | {"PYTHONPATH": str(code), "LOSSBENCH_WORKERS": "1", "COLUMNS": "200"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd="/tmp", stdout=subprocess.PIPE,
@@ -131,7 +136,7 @@ def timed(cmd: list[str], code: Path) -> tuple[float, float, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0,):
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, output
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output
 
 
 def main() -> None:
@@ -150,7 +155,8 @@ def main() -> None:
     codes = {name: Path(path).resolve() for name, path in codes.items()}
     newest = list(codes)[-1]
     console = Console()
-    table = Table("records", "operation", "code", "time s (median, min–max)", "peak MB",
+    table = Table("records", "operation", "code", "wall s (median, min–max)", "CPU s",
+                  "peak MB",
                   title=f"store cost, --loss all x {len(TASKS)} tasks, synthetic quick records "
                         f"({len(METRICS)} metrics, {len(CURVES)} curves x {EPOCHS} epochs)")
     py = sys.executable
@@ -172,44 +178,45 @@ def main() -> None:
             for name, out in outs.items():
                 linked_copy(source, out)
                 if name == newest:  # the first read of a records-only folder builds the tables
-                    s, mb, _ = timed([py, "-m", "lossbench.cli", "tables", str(out)],
-                                     active[name])
+                    s, cpu, mb, _ = timed([py, "-m", "lossbench.cli", "tables", str(out)],
+                                          active[name])
                     table.add_row(f"{len(configs):,}", "first read: tables from all records",
-                                  name, f"{s:.2f}", f"{mb:.0f}")
-            samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+                                  name, f"{s:.2f}", f"{cpu:.2f}", f"{mb:.0f}")
+            samples: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
             for _ in range(args.repeats):
                 for op, extra in (("no-op resume", run[3:]), ("compare", ["compare"])):
                     for name, code in active.items():
                         cmd = ([py, "-m", "lossbench.cli", *extra, "--out", str(outs[name])]
                                if op != "compare" else [py, "-m", "lossbench.cli", "compare",
                                                         str(outs[name])])
-                        s, mb, text = timed(cmd, code)
+                        s, cpu, mb, text = timed(cmd, code)
                         if op == "no-op resume":
                             assert f"{len(configs)} already finished" in text, text[-2000:]
-                        samples.setdefault((op, name), []).append((s, mb))
+                        samples.setdefault((op, name), []).append((s, cpu, mb))
                 for name, code in active.items():
                     samples.setdefault(("imports only", name), []).append(timed(
-                        [py, "-c", IMPORTS], code)[:2])
+                        [py, "-c", IMPORTS], code)[:3])
                 if newest in active:
-                    s, _, text = timed([py, "-c", STORE_ONLY, str(outs[newest])], active[newest])
+                    text = timed([py, "-c", STORE_ONLY, str(outs[newest])], active[newest])[-1]
                     finished, compare_load = json.loads(text.strip().splitlines()[-1])
                     samples.setdefault(("store only: finished()", newest), []).append(
-                        (finished, math.nan))
+                        (finished[0], finished[1], math.nan))
                     samples.setdefault(("store only: compare's load", newest), []).append(
-                        (compare_load, math.nan))
+                        (compare_load[0], compare_load[1], math.nan))
             for (op, name), values in samples.items():
-                times = [s for s, _ in values]
-                peak = max(mb for _, mb in values)
+                times = [s for s, _, _ in values]
+                peak = max(mb for _, _, mb in values)
                 table.add_row(f"{len(configs):,}", op, name,
                               f"{statistics.median(times):.2f} ({min(times):.2f}–{max(times):.2f})",
+                              f"{statistics.median(c for _, c, _ in values):.2f}",
                               "" if math.isnan(peak) else f"{peak:.0f}")
             if newest in active:  # a run killed before its rows were added: 1% pending
                 pending = grid(range(seeds, seeds + 1))[: max(1, len(configs) // 100)]
                 write_records(outs[newest] / "records", pending, seed=1)
-                s, mb, _ = timed([py, "-m", "lossbench.cli", "compare", str(outs[newest])],
-                                 active[newest])
+                s, cpu, mb, _ = timed([py, "-m", "lossbench.cli", "compare", str(outs[newest])],
+                                      active[newest])
                 table.add_row(f"{len(configs):,}", f"compare with {len(pending)} records pending",
-                              newest, f"{s:.2f}", f"{mb:.0f}")
+                              newest, f"{s:.2f}", f"{cpu:.2f}", f"{mb:.0f}")
             for out in outs.values():
                 shutil.rmtree(out)
             table.add_section()

@@ -328,7 +328,7 @@ def test_record_folder_listing_sees_every_change(tmp_path: Path) -> None:
     rec = fake_record("t", "ce", 0, {"test_top1": 1.0})
     store.write(rec)
     first = store.listing()
-    assert first is not None and list(first.index) == [rec["run_key"]]
+    assert first is not None and list(first) == [rec["run_key"]]
     os.utime(store.records_dir, ns=(0, 0))  # an old folder: its listing is reused ...
     assert store.listing() is not None
     store.write(fake_record("t", "ce", 1, {"test_top1": 1.0}))  # ... until it changes

@@ -42,7 +42,7 @@ __all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "tidy_curves", "
 
 
 LISTING_TTL_NS = 10 * 10**9
-_LISTINGS: dict[str, tuple[int, int, pd.Series]] = {}
+_LISTINGS: dict[str, tuple[int, int, dict[str, int]]] = {}
 """Per records folder: (its mtime, when listed, the listing), reused within one process."""
 
 
@@ -91,7 +91,7 @@ class Store:
             self.tables_problem = str(err).splitlines()[0] if str(err) else type(err).__name__
         return path
 
-    def listing(self) -> pd.Series | None:
+    def listing(self) -> dict[str, int] | None:
         """Stamp (``file_stamp``) of every record file by key: listing a folder is cheap, parsing
         every record is not. None when there is no records folder."""
         try:
@@ -108,10 +108,9 @@ class Store:
         if cached is not None and cached[0] == folder.st_mtime_ns and (
                 cached[1] - folder.st_mtime_ns > 1e9 and started - cached[1] < LISTING_TTL_NS):
             return cached[2]
-        entries = [(e.name[:-5], file_stamp(e.stat())) for e in os.scandir(self.records_dir)
-                   if e.name.endswith(".json") and not e.name.startswith(".")]
-        listing = pd.Series([i for _, i in entries], index=[k for k, _ in entries],
-                            dtype="int64")
+        with os.scandir(self.records_dir) as entries:
+            listing = {e.name[:-5]: file_stamp(e.stat()) for e in entries
+                       if e.name.endswith(".json") and not e.name.startswith(".")}
         _LISTINGS[path] = (folder.st_mtime_ns, started, listing)
         return listing
 

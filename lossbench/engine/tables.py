@@ -386,9 +386,10 @@ class Tables:
         records = self.store.listing() if listed else None
         pending: list[str] = []
         if records is not None:
-            now = records.reindex(owners["run_key"], fill_value=-1).to_numpy()
-            owners = owners[now == owners["stamp"].to_numpy()]
-            pending = sorted(set(records.index) - set(owners["run_key"]))
+            live = [records.get(key) == stamp for key, stamp in
+                    zip(owners["run_key"].tolist(), owners["stamp"].tolist(), strict=True)]
+            owners = owners[np.array(live, dtype=bool)]
+            pending = sorted(records.keys() - set(owners["run_key"].tolist()))
         rows_per_segment = index.groupby("segment").size()
         live_per_segment = owners.groupby("segment").size()
         keep: dict[str, set[str] | None] = {}
@@ -397,7 +398,7 @@ class Tables:
             if live == int(rows_per_segment.get(name, 0)):
                 keep[name] = None
             else:
-                keep[name] = set(owners.loc[owners["segment"] == name, "run_key"])
+                keep[name] = set(owners.loc[owners["segment"] == name, "run_key"].tolist())
         return Snapshot({n: segments[n] for n in names}, owners.reset_index(drop=True), keep,
                         pending, broken, records is not None, indexes)
 
@@ -428,7 +429,7 @@ class Tables:
         rebuilt from their records) unless it holds runs that have no record."""
         if self._legacy():
             listing = self.store.listing()
-            keys = set() if listing is None else set(listing.index)
+            keys = set() if listing is None else set(listing)
             for name in ("runs.parquet", "runs.csv", "curves.parquet"):
                 path = self.root / name
                 if not path.is_file():
@@ -590,7 +591,7 @@ class Tables:
                 if listing is None:
                     raise UserError(f"{self.root} has no records/ folder to rebuild the tables "
                                     "from")
-                snap.pending = sorted(listing.index)
+                snap.pending = sorted(listing)
             added, unreadable = self._add_pending(snap)
             if rebuild:
                 self._remove(old)
@@ -607,7 +608,8 @@ class Tables:
                 self._collect(self.snapshot(listed=False))
                 return
             snap = self.snapshot(listed=False)
-            owned = dict(zip(snap.owners["run_key"], snap.owners["stamp"], strict=True))
+            owned = dict(zip(snap.owners["run_key"].tolist(), snap.owners["stamp"].tolist(),
+                             strict=True))
             rows = _Rows()
             for rec in records:
                 key = str(rec["run_key"])
@@ -635,7 +637,7 @@ class Tables:
             snap = self.snapshot()
         except (OSError, TablesBusy, UserError):
             if snap is None:  # a legacy folder that cannot be converted: every record in memory
-                snap = _empty_snapshot(sorted(self.store.listing().index))
+                snap = _empty_snapshot(sorted(self.store.listing() or {}))
         if not snap.pending:
             return snap, None
         unreadable: list[tuple[Path, str]] = []
@@ -651,7 +653,7 @@ class Tables:
             return False, None
         runs_file = next(p for p in (self.runs_dir, self.root / "runs.csv") if p.is_file())
         listing = self.store.listing()
-        if listing is not None and _legacy_keys(runs_file) != set(listing.index):
+        if listing is not None and _legacy_keys(runs_file) != set(listing):
             return False, None
         path = runs_file if kind == "runs" else self.curves_dir
         if path.is_file():
@@ -673,10 +675,10 @@ class Tables:
                 frames.append(extra.index.to_pandas())
             index = pd.concat(frames, ignore_index=True)
         index = index[index["status"].isin(list(FINISHED))].drop_duplicates("run_key")
+        columns = [index[c].tolist() for c in
+                   ("run_key", "status", "torch_version", "lossbench_version")]
         return {key: {"status": status, "versions": {"torch": torch, "lossbench": lossbench}}
-                for key, status, torch, lossbench in zip(
-                    index["run_key"], index["status"], index["torch_version"],
-                    index["lossbench_version"], strict=True)}
+                for key, status, torch, lossbench in zip(*columns, strict=True)}
 
     def read(self, kind: str, metrics: Iterable[str] | None = None,
              keys: Iterable[str] | None = None, columns: Sequence[str] | None = None
@@ -703,7 +705,7 @@ class Tables:
             except TABLE_ERRORS:  # merged away meanwhile (read again), or broken (repair)
                 self._repair(snap, folder)
                 continue
-            live = set(snap.owners["run_key"])
+            live = set(snap.owners["run_key"].tolist())
             if extra is not None:
                 more = getattr(extra, kind)
                 more = more.filter(where) if where is not None else more
