@@ -19,6 +19,7 @@ from test_report_load import fake_record, fake_records
 from typer.testing import CliRunner
 
 from lossbench.cli import app
+from lossbench.engine import store as store_module
 from lossbench.engine import tables as tables_module
 from lossbench.engine.grid import expand, run_key
 from lossbench.engine.store import RUN_COLUMNS, Store, tidy_curves, tidy_runs
@@ -43,6 +44,13 @@ def records(n: int, task: str = "t", **kwargs: Any) -> list[dict[str, Any]]:
                           status=status, **kwargs)
         out.append(rec)
     return out
+
+
+def as_a_new_process() -> None:
+    """Forget what this process read of the tables (each index is read once per process)."""
+    tables_module._INDEXES.clear()
+    tables_module._SNAPSHOTS.clear()
+    store_module._LISTINGS.clear()
 
 
 def sorted_frame(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -215,7 +223,7 @@ def test_broken_table_files_are_rebuilt_from_records(tmp_path: Path) -> None:
     assert len(load_curves([tmp_path])) == len(tidy_curves(records(12)))
     last = list(Store(tmp_path).tables.snapshot().segments)[-1]
     (tmp_path / "runs.parquet" / "_index" / f"{last}.parquet").write_bytes(b"")
-    tables_module._INDEXES.clear()  # as a new process: segments' indexes not read yet
+    as_a_new_process()
     assert load_runs([tmp_path])["run_key"].nunique() == 12
 
 
@@ -244,7 +252,7 @@ def test_broken_table_files_without_records_are_one_line_errors(
         folder = tmp_path / "runs.parquet" / ("_index" if broken == "index" else "")
         path = folder / f"{seg}.parquet"
         path.write_bytes(b"PAR1 truncated")
-        tables_module._INDEXES.clear()  # as a new process: segments' indexes not read yet
+        as_a_new_process()
     if broken == "legacy-curves":
         with pytest.raises(UserError, match="unreadable") as err:
             load_curves([tmp_path])

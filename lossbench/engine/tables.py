@@ -42,7 +42,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,7 +332,8 @@ class Tables:
         self.curves_dir = self.root / "curves.parquet"
         self.index_dir = self.runs_dir / "_index"
         self.lock_path = self.root / ".tables.lock"
-        self._index_cache = _INDEXES.setdefault(os.path.abspath(self.index_dir), {})
+        self._cache_key = os.path.abspath(self.index_dir)
+        self._index_cache = _INDEXES.setdefault(self._cache_key, {})
         self.last_keys: set[str] = set()
 
     # -- reading the index ------------------------------------------------------------------------
@@ -354,8 +355,21 @@ class Tables:
         return out
 
     def snapshot(self, listed: bool = True) -> Snapshot:
-        """The committed segments, their live runs and (``listed``) the pending records."""
+        """The committed segments, their live runs and (``listed``) the pending records. The
+        same segments and the same records listing give the same snapshot (reused: callers
+        never change one)."""
         segments = self._segment_names()
+        records = self.store.listing() if listed else None
+        last = _SNAPSHOTS.get(self._cache_key)
+        if last is not None and last[0] == set(segments) and last[1] is records and (
+                records is not None or not listed):
+            return last[2]
+        snap = self._snapshot(segments, records)
+        _SNAPSHOTS[self._cache_key] = (set(segments), records, snap)
+        return snap
+
+    def _snapshot(self, segments: dict[str, Segment], records: dict[str, int] | None
+                  ) -> Snapshot:
         cache = self._index_cache
         for name in [n for n in cache if n not in segments]:
             cache.pop(name, None)
@@ -383,7 +397,6 @@ class Tables:
                                      [t.num_rows for t in tables]).astype(str)
         # segments are in seq order: the last copy of a run is its owner
         owners = index.drop_duplicates("run_key", keep="last")
-        records = self.store.listing() if listed else None
         pending: list[str] = []
         if records is not None:
             live = [records.get(key) == stamp for key, stamp in
@@ -591,7 +604,7 @@ class Tables:
                 if listing is None:
                     raise UserError(f"{self.root} has no records/ folder to rebuild the tables "
                                     "from")
-                snap.pending = sorted(listing)
+                snap = replace(snap, pending=sorted(listing))
             added, unreadable = self._add_pending(snap)
             if rebuild:
                 self._remove(old)
@@ -675,10 +688,14 @@ class Tables:
                 frames.append(extra.index.to_pandas())
             index = pd.concat(frames, ignore_index=True)
         index = index[index["status"].isin(list(FINISHED))].drop_duplicates("run_key")
-        columns = [index[c].tolist() for c in
-                   ("run_key", "status", "torch_version", "lossbench_version")]
-        return {key: {"status": status, "versions": {"torch": torch, "lossbench": lossbench}}
-                for key, status, torch, lossbench in zip(*columns, strict=True)}
+        keys, *facts = (index[c].tolist() for c in
+                        ("run_key", "status", "torch_version", "lossbench_version"))
+        shared: dict[tuple[Any, ...], dict[str, Any]] = {}  # few distinct: one dict each
+        for fact in set(zip(*facts, strict=True)):
+            status, torch, lossbench = fact
+            shared[fact] = {"status": status, "versions": {"torch": torch, "lossbench": lossbench}}
+        return {key: shared[fact] for key, fact in zip(keys, zip(*facts, strict=True),
+                                                        strict=True)}
 
     def read(self, kind: str, metrics: Iterable[str] | None = None,
              keys: Iterable[str] | None = None, columns: Sequence[str] | None = None
@@ -836,6 +853,8 @@ class _Index:
 _INDEXES: dict[str, dict[str, _Index]] = {}
 """Per index folder, the indexes read so far: segment files never change, so a process reads
 each one once."""
+_SNAPSHOTS: dict[str, tuple[set[str], dict[str, int] | None, Snapshot]] = {}
+"""Per index folder, the last snapshot, with the segments and the records listing it is of."""
 
 
 def _combos(table: pa.Table) -> set[Combo]:
