@@ -6,7 +6,7 @@ it has one (else plain CE on a cosine head). Prints the fastest of the alternate
 microseconds per call (sub-millisecond calls: see ``timing``) and the ratio.
 
     python benchmarks/loss_throughput.py [--device cpu|cuda] [--n 4096] [--classes 100]
-        [--reg-batch 128]
+        [--reg-batch 128] [--loss NAME ...]
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ def main() -> None:
     parser.add_argument("--reg-batch", type=int, default=128,
                         help="regression batch (the tasks use 32-100; cs-div is O(batch^2))")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--loss", action="append", metavar="NAME",
+                        help="time only this loss (repeatable); default: every loss")
     args = parser.parse_args()
+    unknown = set(args.loss or ()) - {entry.name for entry in LOSSES}
+    if unknown:
+        parser.error(f"unknown loss {', '.join(sorted(unknown))}; see `lossbench list losses`")
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     n, k = args.n, args.classes
@@ -99,6 +104,8 @@ def main() -> None:
                   title=f"forward+backward, {device} (logits {n}x{k}; embeddings {nb}x{args.dim}; "
                         f"regression batch {nr})")
     for entry in LOSSES:
+        if args.loss and entry.name not in args.loss:
+            continue
         consumes = entry.tags["consumes"]
         if consumes in ("logits", "binary"):
             loss = entry.build({}, **context).to(device)

@@ -236,3 +236,39 @@ def test_a_closed_stdout_does_not_end_the_grid(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert len(_records(tmp_path)) == 6
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [("mean", "abc", "column mean has a non-numeric value 'abc'"),
+     ("n", "x", "column n has a non-numeric value 'x'"),
+     ("noise_rate", "foo", "column noise_rate has a non-numeric value 'foo'"),
+     ("std", "-1", "is negative"), ("n", "0", "not a count of seeds"),
+     ("n", "2.5", "not a count of seeds")],
+)
+def test_bad_baseline_values_are_one_line(tmp_path: Path, column: str, value: str,
+                                          message: str) -> None:
+    results = tmp_path / "res"
+    invoke("run", "--loss", "ce", *SMOKE, "--seeds", "0,1", "--out", str(results))
+    baseline = tmp_path / "base.csv"
+    assert invoke("gate", str(results), "--write-baseline", str(baseline))[0] == 0
+    import pandas as pd
+
+    table = pd.read_csv(baseline, dtype=str)
+    table.loc[0, column] = value
+    table.to_csv(baseline, index=False)
+    code, text = invoke("gate", str(results), "--baseline", str(baseline))
+    assert code == 2 and message in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_runs_differing_only_by_a_set_value_are_refused_alike(tmp_path: Path) -> None:
+    for epochs in ("1", "2"):
+        invoke("run", "--loss", "ce", *SMOKE[:-2], "--set", f"train.epochs={epochs}", "--seeds",
+               "0", "--out", str(tmp_path / "mixed"))
+    invoke("run", "--loss", "ce", *SMOKE, "--seeds", "0", "--out", str(tmp_path / "one"))
+    assert invoke("gate", str(tmp_path / "one"), "--write-baseline", str(tmp_path / "b.csv")
+                  )[0] == 0
+    for args in (["compare"], ["gate", "--write-baseline", str(tmp_path / "w.csv")],
+                 ["gate", "--baseline", str(tmp_path / "b.csv")]):
+        code, text = invoke(args[0], str(tmp_path / "mixed"), *args[1:])
+        assert code == 2 and "differ in config" in text, (args, text)

@@ -77,15 +77,19 @@ def ref_proto_triplet(x, y, shots, margin, ce_weight, temperature):
     return ce_weight * ce + (1 - ce_weight) * torch.stack(pt)
 
 
-def ref_icnn_score(x, y, k):
-    """Definition by hand: per point, sorted neighbour lists; means over non-empty sets."""
+def ref_icnn_score(x, y, k, ipc=None):
+    """Definition by hand: per point, sorted neighbour lists; means over non-empty sets.
+
+    The neighbourhood follows the official ``modified_score``: ``ipc`` neighbours (default
+    ``k + 1`` after clipping ``k``) are searched for the nearest other-class point, the first
+    ``k`` of them (fewer when ``ipc < k``) are scored, and gamma divides by ``k``.
+    """
     n = len(x)
     labels = y.tolist()
     clipped = k + 2 >= n
     if clipped:
         k = n - 2
-    largest_class = max(labels.count(c) for c in set(labels))
-    r = min(max(k + 1, largest_class), n - 1)
+    r = min(k + 1 if ipc is None else ipc, n - 1)
     neigh = []
     for i in range(n):
         others = sorted((float(dist(x[i], x[j]).detach()), j) for j in range(n) if j != i)[:r]
@@ -116,12 +120,14 @@ def ref_icnn_score(x, y, k):
 
 
 def ref_icnn(x, y, shots, k, on, ce_weight, temperature):
+    """Official ``get_icnn_loss``: ``fullicnn`` passes ``ipc = shot + query``, ``suppicnn`` none."""
+    ways = len(set(y.tolist()))
     if on == "full":
         points, labels = x, y
+        ipc = len(y) // ways  # shot + query: every class has that many points in the episode
     else:
-        n_support = shots * len(set(y.tolist()))
-        points, labels = x[:n_support], y[:n_support]
-    icnn = -torch.log(ref_icnn_score(points, labels, k))
+        points, labels, ipc = x[:shots * ways], y[:shots * ways], None
+    icnn = -torch.log(ref_icnn_score(points, labels, k, ipc))
     ce = ref_proto_ce(x, y, shots, temperature)
     return ce_weight * ce + (1 - ce_weight) * icnn
 
@@ -198,6 +204,9 @@ def test_ce_weight_one_is_the_prototypical_network_loss() -> None:
 @pytest.mark.parametrize(("ways", "shots", "queries", "k", "on"), [
     (5, 1, 3, 4, "full"), (5, 5, 2, 4, "full"), (4, 2, 3, 2, "full"), (5, 1, 2, 4, "support"),
     (3, 4, 2, 3, "support"), (2, 1, 2, 5, "full"),
+    # The edges where the official neighbourhood differs from max(k + 1, class size):
+    # shot + query = 3 < k + 1 (full), and 10 shots > k + 1 = 5 (support).
+    (5, 1, 2, 4, "full"), (5, 10, 2, 4, "support"), (3, 8, 2, 2, "support"),
 ])
 def test_icnn_matches_reference(ways, shots, queries, k, on) -> None:
     for seed in range(3):

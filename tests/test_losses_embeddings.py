@@ -482,3 +482,54 @@ def test_agrees_with_pytorch_metric_learning() -> None:
             assert dv < 1e-12 and dg < 1e-12, (name, params, dv, dg)
             worst_value, worst_grad = max(worst_value, dv), max(worst_grad, dg)
     print(f"PML agreement: max |value diff| {worst_value:.2e}, max |grad diff| {worst_grad:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate batches: no positive pair, or no negative.
+# ---------------------------------------------------------------------------------------------
+
+DEGENERATE = {
+    "one-example": torch.tensor([3]),
+    "all-labels-distinct": torch.arange(6),
+    "one-label": torch.zeros(6, dtype=torch.long),
+}
+NO_SIGNAL = [  # (loss, params, batch kind): batches that give the loss nothing to compare
+    *[pytest.param("triplet", {"mining": m, "average": a}, kind, id=f"triplet-{m}-{a}-{kind}")
+      for m in ("all", "semi-hard", "batch-hard") for a in ("nonzero", "all")
+      for kind in DEGENERATE],
+    *[pytest.param("supcon", {}, kind, id=f"supcon-{kind}") for kind in DEGENERATE],
+]
+
+
+@pytest.mark.parametrize(("name", "params", "kind"), NO_SIGNAL)
+def test_batches_without_pairs_to_compare_give_zero_with_a_gradient_path(
+        name: str, params: dict[str, Any], kind: str) -> None:
+    # No positive pair (one example; all labels distinct) or no negative (one label): a finite
+    # zero loss whose backward runs and gives zero gradients, as PML and batch-hard mining do.
+    y = DEGENERATE[kind]
+    e = batch(20, len(y)).requires_grad_()
+    out = build(name, **params)(e, y)
+    assert out.shape == (len(y),) and torch.all(out == 0) and out.requires_grad
+    out.mean().backward()
+    assert e.grad is not None and torch.all(e.grad == 0)
+
+
+def test_degenerate_batches_agree_with_pytorch_metric_learning() -> None:
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import losses as L
+    from pytorch_metric_learning import miners as M
+
+    semi = M.TripletMarginMiner(margin=0.1, type_of_triplets="semihard")
+    theirs = {
+        ("triplet", "all"): L.TripletMarginLoss(margin=0.1),
+        ("triplet", "semi-hard"): lambda e, y: L.TripletMarginLoss(margin=0.1)(e, y, semi(e, y)),
+        ("triplet", "batch-hard"): lambda e, y: L.TripletMarginLoss(margin=0.1)(
+            e, y, M.BatchHardMiner()(e, y)),
+        ("supcon", ""): L.SupConLoss(temperature=0.1),
+    }
+    for (name, mining), ref in theirs.items():
+        ours = build(name, **({"mining": mining} if mining else {}))
+        for y in DEGENERATE.values():
+            e = batch(21, len(y))
+            dv, dg = _agree(ours, ref, e, y)
+            assert dv == 0 and dg == 0, (name, mining, y.tolist())

@@ -99,7 +99,7 @@ def ref_anyloss(z: torch.Tensor, y: torch.Tensor, metric: str, amp: float) -> fl
             "f1": 2 * tp / (2 * tp + fp + fn + eps),
             "balanced-accuracy": 0.5 * (tp / pos + tn / neg) * (2 * pos * neg)
             / (2 * pos * neg + eps),
-            "gmean": (tp / pos) * (tn / neg) * (pos * neg) / (pos * neg + eps),
+            "gmean": math.sqrt((tp / pos) * (tn / neg)),  # the official code's tf.sqrt form
         }[metric])
     return 1 - sum(values) / len(values)
 
@@ -160,6 +160,24 @@ def test_anyloss_on_confident_outputs_is_one_minus_the_metric() -> None:
                                                                                    abs=1e-6)
     assert build("anyloss", {"metric": "balanced-accuracy"}, k=2)(z, y)[0].item() == (
         pytest.approx(1 - bacc, abs=1e-6))
+    recall = skm.recall_score(y.numpy(), pred.numpy())
+    specificity = skm.recall_score(y.numpy(), pred.numpy(), pos_label=0)
+    assert build("anyloss", {"metric": "gmean"}, k=2)(z, y)[0].item() == (
+        pytest.approx(1 - math.sqrt(recall * specificity), abs=1e-6))
+
+
+def test_anyloss_gmean_of_a_column_without_positives_is_zero_with_finite_gradients() -> None:
+    # K = 4 one-vs-rest, class 3 absent from the batch: its G-mean is undefined (n1 = 0) and
+    # counts as 0; sqrt'(0) must not turn the zero gradient into NaN.
+    z, _ = problem(2, 10, 4)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    z = (z * 0.3).requires_grad_(True)
+    out = build("anyloss", {"metric": "gmean", "L": 20.0}, k=4)(z, y)
+    present = ref_anyloss(z.detach()[:, :3], y, "gmean", 20.0)  # mean of 1 - G over 3 columns
+    assert out[0].item() == pytest.approx(1 - (3 * (1 - present) + 0.0) / 4, rel=1e-12)
+    out[0].backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert torch.all(z.grad[:, 3] == 0)
 
 
 # --- properties --------------------------------------------------------------------------------

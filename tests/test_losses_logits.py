@@ -69,21 +69,45 @@ def _mae_row(row: np.ndarray, y: int) -> float:
     return sum(abs(p[k] - (1.0 if k == y else 0.0)) for k in range(len(row)))
 
 
+def _rce_official_row(row: np.ndarray, y: int) -> float:
+    """RCE as both official codes compute it: ``-sum_k p_k log(clamp(onehot_k, 1e-4, 1))``
+    (SCE's loss.py, APL's ReverseCrossEntropy), without their clamp of p at 1e-7."""
+    p = _softmax_row(row)
+    return -sum(p[k] * math.log(max(1.0 if k == y else 0.0, 1e-4)) for k in range(len(row)))
+
+
+def _mae_reduced_row(row: np.ndarray, y: int) -> float:
+    """APL's MeanAbsoluteError, "Reduced MAE": ``1 - sum_k onehot_k p_k``."""
+    p = _softmax_row(row)
+    return 1.0 - sum(p[k] * (1.0 if k == y else 0.0) for k in range(len(row)))
+
+
 def _nce_row(row: np.ndarray, y: int) -> float:
     p = _softmax_row(row)
     return math.log(p[y]) / sum(math.log(v) for v in p)
 
 
-def _ref_sce(alpha: float, beta: float, a: float) -> Ref:
-    return _per_row(lambda r, y: alpha * _ref_ce(r, y) + beta * _rce_row(r, y, a))
+def _ref_sce(alpha: float, beta: float, a: float | None = None) -> Ref:
+    """``a = None``: the official codes' clamped one-hot."""
+    def one(r: np.ndarray, y: int) -> float:
+        rce = _rce_official_row(r, y) if a is None else _rce_row(r, y, a)
+        return alpha * _ref_ce(r, y) + beta * rce
+
+    return _per_row(one)
 
 
-def _ref_nce_rce(alpha: float, beta: float) -> Ref:
-    return _per_row(lambda r, y: alpha * _nce_row(r, y) + beta * _rce_row(r, y, -4.0))
+def _ref_nce_rce(alpha: float, beta: float, a: float | None = None) -> Ref:
+    """``a = None``: the official codes' clamped one-hot."""
+    def one(r: np.ndarray, y: int) -> float:
+        rce = _rce_official_row(r, y) if a is None else _rce_row(r, y, a)
+        return alpha * _nce_row(r, y) + beta * rce
+
+    return _per_row(one)
 
 
-def _ref_nce_mae(alpha: float, beta: float) -> Ref:
-    return _per_row(lambda r, y: alpha * _nce_row(r, y) + beta * _mae_row(r, y))
+def _ref_nce_mae(alpha: float, beta: float, form: str = "reduced") -> Ref:
+    mae = _mae_reduced_row if form == "reduced" else _mae_row
+    return _per_row(lambda r, y: alpha * _nce_row(r, y) + beta * mae(r, y))
 
 
 def _ref_focal(gamma: float) -> Ref:
@@ -146,12 +170,13 @@ CASES: list[tuple[str, dict[str, Any], Ref]] = [
     ("ldr", {"lambda": 0.05, "margin": 0.5, "transform": "none"}, _ref_ldr(0.05, 0.5)),
     ("gce", {}, _ref_gce(0.7)),
     ("gce", {"q": 0.2}, _ref_gce(0.2)),
-    ("sce", {}, _ref_sce(0.1, 1.0, -4.0)),
+    ("sce", {}, _ref_sce(0.1, 1.0)),
     ("sce", {"alpha": 0.5, "beta": 2.0, "A": -6.0}, _ref_sce(0.5, 2.0, -6.0)),
     ("nce+rce", {}, _ref_nce_rce(1.0, 1.0)),
-    ("nce+rce", {"alpha": 5.0, "beta": 0.3}, _ref_nce_rce(5.0, 0.3)),
+    ("nce+rce", {"alpha": 5.0, "beta": 0.3, "A": -4.0}, _ref_nce_rce(5.0, 0.3, -4.0)),
     ("nce+mae", {}, _ref_nce_mae(1.0, 1.0)),
     ("nce+mae", {"alpha": 0.5, "beta": 3.0}, _ref_nce_mae(0.5, 3.0)),
+    ("nce+mae", {"beta": 2.0, "mae_form": "l1"}, _ref_nce_mae(1.0, 2.0, "l1")),
     ("mae", {}, _per_row(_mae_row)),
     ("focal", {}, _ref_focal(2.0)),
     ("focal", {"gamma": 0.5}, _ref_focal(0.5)),
@@ -520,6 +545,8 @@ def test_aldr_mean_abs_transform() -> None:
         ("aldr", {"alpha": "1"}, "alpha must be > 1"),
         ("aldr", {"lambda0": "-2"}, "lambda0 must be > 0"),
         ("sce", {"A": "4"}, "A must be < 0"),
+        ("nce+rce", {"A": "0"}, "A must be < 0"),
+        ("nce+mae", {"mae_form": "half"}, "accepted: reduced, l1"),
         ("focal", {"gamma": "-1"}, "gamma must be >= 0"),
         ("ls", {"epsilon": "1"}, r"epsilon must be in \[0, 1\)"),
         ("tce", {"order": "0"}, "order must be >= 1"),
@@ -540,3 +567,10 @@ def test_schema() -> None:
     assert aldr.context == ("num_train",)
     assert aldr.param("transform").choices == ("none", "softplus-mean", "mean-abs")
     assert LOSSES.get("comp-sum").resolve({}) == {"kind": "log", "tau": 1.5}
+
+
+def test_rce_constant_is_one_parameter_with_the_official_default() -> None:
+    # Both official codes clamp the one-hot label at 1e-4 before the (natural) log.
+    for name in ("sce", "nce+rce"):
+        assert LOSSES.get(name).param("A").default == pytest.approx(math.log(1e-4), rel=1e-15)
+    assert LOSSES.get("nce+mae").param("mae_form").default == "reduced"

@@ -8,7 +8,6 @@ some failed, 2 a user mistake, 130 interrupted (Ctrl-C or SIGTERM; finished runs
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,14 +21,13 @@ from rich.table import Column, Table
 
 from lossbench.commands.common import (
     DEFAULT_OUT,
-    check_writable_dir,
     console,
     errors,
     plural,
     split_multi,
     user_errors,
 )
-from lossbench.errors import UserError, require
+from lossbench.engine.session import resolve_workers as resolve_workers  # re-exported
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,18 +96,6 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
         console.print(table)
 
 
-def resolve_workers(workers: str, threads: int, groups: int) -> int:
-    """``--workers`` -> a process count; ``auto`` = as many as the CPUs allow at ``threads``
-    each, never more than there are groups of runs to train."""
-    if workers == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        return max(1, min(cores // threads, groups))
-    require(workers.isdigit() and int(workers) >= 1,
-            f"--workers must be an integer >= 1 or 'auto', got {workers!r}")
-    return int(workers)
-
-
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a scheduler's kill, ``timeout``) ends the grid as Ctrl-C does: saved, resumable."""
@@ -148,10 +134,11 @@ def _version_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
 @user_errors
 def run(
     loss: Annotated[list[str], typer.Option(
-        "--loss", "-l", metavar="SPEC", help="Loss spec: name or name:k=v,k=v; repeat for "
-        "several; 'all' for every loss the task accepts.")],
+        "--loss", "-l", metavar="SPEC", help="Loss spec: name[:k=v,...], module:Class[:k=v,...] "
+        "or file.py:Class[:k=v,...]; repeat for several; 'all' for every built-in loss the "
+        "task accepts.")],
     task: Annotated[list[str], typer.Option(
-        "--task", "-t", metavar="NAME", help="Task name; repeat or a,b.")],
+        "--task", "-t", metavar="NAME", help="Task name or path/to/task.toml; repeat or a,b.")],
     seeds: Annotated[str | None, typer.Option(
         metavar="LIST", help="e.g. 0,1,2 or 0-4 (default: the task's).")] = None,
     budget: Annotated[str, typer.Option(metavar="TIER", help="smoke | quick | paper")] = "quick",
@@ -179,35 +166,24 @@ def run(
                                       "batched computation; 'auto': 1 on CPU, up to 16 on "
                                       "CUDA.")] = "1",
 ) -> None:
-    """Run the loss x task x seed grid; resumes, skipping finished runs."""
-    from lossbench.engine.executors import EXECUTORS, pack_groups, pack_size
-    from lossbench.engine.grid import expand, parse_seeds
-    from lossbench.engine.store import Store
-    from lossbench.engine.train import device_type
+    """Run the loss x task x seed grid; resumes, skipping finished runs.
 
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
-    require(threads >= 1, f"--threads must be >= 1, got {threads}")
-    resolve_workers(workers, threads, 1)  # a bad value fails before anything else
-    size = pack_size(pack, device)
-    options: dict[str, Any] = {"pack": pack}
-    if executor == "ray":
-        options |= {"address": address, "gpus_per_run": gpus_per_run}
-    # Ray workers may have a GPU the driver lacks: only a local run checks CUDA here.
-    dev_type = device_type(device, check=executor == "local")
-    check_writable_dir(out)
-    configs = expand(loss, split_multi(task), parse_seeds(seeds), budget, set_ or [],
-                     dev_type, threads)
-    require(bool(configs), "the grid is empty; check --loss, --task and --seeds")
-    store = Store(out)
-    finished = {} if force else store.finished()  # from the tables: no record is parsed twice
-    for path, why in getattr(store, "unreadable", []):
+    Loss spec: NAME[:k=v,...] (built-in, or a lossbench.losses entry point),
+    or your own: pkg.module:Class[:k=v,...] or path/file.py:Class[:k=v,...].
+    Task: NAME (tasks/, then $LOSSBENCH_TASKS folders, then lossbench.tasks
+    entry points) or path/to/task.toml (named after the file).
+    """
+    from lossbench.engine.grid import parse_seeds
+    from lossbench.engine.session import execute, plan
+
+    grid = plan(loss, split_multi(task), parse_seeds(seeds), budget, set_ or [], out=out,
+                device=device, force=force, workers=workers, threads=threads,
+                executor=executor, pack=pack, address=address, gpus_per_run=gpus_per_run)
+    configs, todo, reused, store, n_workers = (grid.configs, grid.todo, grid.reused, grid.store,
+                                                grid.workers)
+    for path, why in grid.unreadable:
         console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
                       "as not finished", highlight=False)
-    todo = [c for c in configs if c.key not in finished]
-    reused = [finished[c.key] for c in configs if c.key in finished]
-    groups = len(pack_groups(todo, size)) if size > 1 else len(todo)
-    n_workers = resolve_workers(workers, threads, max(1, groups))
     console.print(f"{plural(len(configs), 'run')} in the grid, {len(reused)} already finished, "
                   f"{len(todo)} to run → {out}"
                   + (f" ({plural(n_workers, 'worker')} × {plural(threads, 'thread')})"
@@ -217,9 +193,7 @@ def run(
     statuses: list[str] = []
     try:
         with _sigterm_as_interrupt(), _progress(len(todo)) as (advance, make_reporter):
-            reporter = make_reporter if executor == "local" and n_workers <= 1 else None
-            for record in EXECUTORS[executor](todo, device, n_workers, reporter, **options):
-                store.save(record)  # the record, then its rows in the tables
+            for record in execute(grid, make_reporter):
                 statuses.append(record["status"])
                 advance()
                 if record["status"] != "ok":

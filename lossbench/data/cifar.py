@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.data.hub import HubUnavailable, load_hf_dataset
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
 
@@ -181,12 +182,9 @@ def _hf_images(split: Any, col: str) -> np.ndarray:
 
 
 def _load_hf(spec: CifarSpec, hf_id: str, cache_dir: str) -> RawSplits:
-    import datasets
-
     try:
-        dsd = datasets.load_dataset(hf_id, cache_dir=cache_dir or None)
-    except OSError as err:  # ConnectionError (offline, no cache), DatasetNotFoundError, ...
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        dsd = load_hf_dataset(hf_id, cache_dir)
+    except HubUnavailable as reason:
         raise UserError(
             f"{spec.title} not found: pass --set data.dir=/path/to/{spec.folder} (the python "
             f"version from the CIFAR site, {CIFAR_URL}) or make Hugging Face dataset '{hf_id}' "

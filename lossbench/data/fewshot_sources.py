@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.data.hub import HubUnavailable, load_hf_dataset
 from lossbench.data.noise import CIFAR100_COARSE_NAMES, CIFAR100_COARSE_OF, CIFAR100_FINE_NAMES
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
@@ -366,9 +367,8 @@ def _load_mini_hf(hf_id: str, cache_dir: str, size: int) -> RawSplits:
     import datasets
 
     try:
-        dsd = datasets.load_dataset(hf_id, cache_dir=cache_dir or None)
-    except OSError as err:  # ConnectionError (offline, no cache), DatasetNotFoundError, ...
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        dsd = load_hf_dataset(hf_id, cache_dir)
+    except HubUnavailable as reason:
         raise UserError(
             "mini-ImageNet not found: pass --set data.dir=<folder with train.csv, val.csv, "
             f"test.csv and images/, or train/ val/ test/ class folders> ({MINI_IMAGENET_URL}) "

@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from lossbench.data import sklearn_files
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
 
@@ -141,10 +142,9 @@ def sklearn_diabetes(split: int, test_fraction: float = 0.1) -> RawSplits:
     """scikit-learn's bundled diabetes (442 patients, 10 features): offline; for tests and smoke.
 
     Features in original units (``scaled=False``); the target is disease progression one year on.
+    Read from scikit-learn's bundled files without importing scikit-learn (``sklearn_files``).
     """
-    from sklearn.datasets import load_diabetes
-
-    x, y = load_diabetes(return_X_y=True, scaled=False)
+    x, y = sklearn_files.diabetes()
     train, test = random_split(len(y), test_fraction, split)
     return _tabular(x, y, train, test, {"dataset": "diabetes", "origin": "sklearn"})
 

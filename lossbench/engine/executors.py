@@ -10,7 +10,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from multiprocessing import get_context
 from typing import Any
 
@@ -23,13 +22,14 @@ from lossbench.engine.train import Diverged, resolve_device
 from lossbench.errors import UserError
 from lossbench.families import FAMILIES, RunContext, RunOutput
 from lossbench.families.base import Reporter
+from lossbench.plugins import register_sources
 
 Record = dict[str, Any]
 
 
 def _record(cfg: RunConfig, dev: torch.device) -> Record:
     return {
-        "run_key": cfg.key, "config": asdict(cfg), "device": device_name(dev),
+        "run_key": cfg.key, "config": cfg.as_dict(), "device": device_name(dev),
         "versions": versions(), "git_commit": git_commit(), "started_at": now(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -142,6 +142,7 @@ def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]
 
 
 def _pool_worker(group: Sequence[RunConfig], device: str) -> list[Record]:
+    register_sources(group)  # plug-in losses, loaded here by reference: nothing is pickled
     return run_group(group, device)
 
 

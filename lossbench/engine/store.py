@@ -33,12 +33,14 @@ from lossbench.engine.tables import (
     SyncReport,
     Tables,
     TablesBusy,
+    curve_series,
     file_stamp,
     rows_of,
 )
 from lossbench.errors import UserError
 
-__all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "tidy_curves", "tidy_runs"]
+__all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "curve_points", "tidy_curves",
+           "tidy_runs"]
 
 
 LISTING_TTL_NS = 10 * 10**9
@@ -202,6 +204,12 @@ def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return rows_of(records).runs_table().to_pandas()
 
 
+def curve_points(curves: Mapping[str, list[float]]) -> list[tuple[str, int, float]]:
+    """(metric, 1-based epoch, value) of a record's curves (see ``tables.curve_series``)."""
+    return [(metric, epoch, value) for metric, epochs, values in curve_series(curves)
+            for epoch, value in zip(epochs or range(1, len(values) + 1), values, strict=False)]
+
+
 def tidy_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per run x metric x epoch (epochs from 1)."""
+    """One row per run x metric x scored epoch."""
     return rows_of(records).curves_table().to_pandas()

@@ -119,6 +119,26 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def curve_series(curves: Mapping[str, Sequence[Any]]
+                 ) -> list[tuple[str, list[int] | None, Sequence[Any]]]:
+    """(metric, its 1-based epochs, its values) of a record's curves; epochs None means one
+    value per epoch from 1. A curve ``<prefix>_...`` is measured at the epochs listed in the
+    curve ``<prefix>_epoch`` when the record has one (a family that scores some epochs only,
+    e.g. classification's ``val_epoch`` / ``test_epoch``); the ``*_epoch`` lists themselves
+    are not curves, and an empty curve has no points."""
+    out: list[tuple[str, list[int] | None, Sequence[Any]]] = []
+    for metric, values in curves.items():
+        if metric.endswith("_epoch") or not values:
+            continue
+        listed = curves.get(f"{metric.split('_', 1)[0]}_epoch")
+        if listed:
+            n = min(len(listed), len(values))
+            out.append((metric, [int(e) for e in listed[:n]], values[:n]))
+        else:
+            out.append((metric, None, values))
+    return out
+
+
 def run_fields(rec: Mapping[str, Any]) -> dict[str, Any]:
     """The columns every row of a run repeats (all of RUN_COLUMNS but metric and value)."""
     cfg = rec["config"]
@@ -154,7 +174,8 @@ class _Rows:
 
     runs: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in RUN_COLUMNS})
     curve_runs: list[dict[str, Any]] = field(default_factory=list)
-    curve_parts: list[tuple[int, str, pa.Array]] = field(default_factory=list)
+    curve_parts: list[tuple[int, str, pa.Array, Sequence[int] | None]] = field(
+        default_factory=list)
     index: dict[str, list[Any]] = field(
         default_factory=lambda: {c: [] for c in INDEX_SCHEMA.names})
 
@@ -163,8 +184,8 @@ class _Rows:
         base = run_fields(rec)
         metrics = rec.get("metrics") or {None: None}
         values = [_number(v) for v in metrics.values()]
-        curves = [(str(m), pa.array(v, pa.float64()))
-                  for m, v in (rec.get("curves") or {}).items()]
+        curves = [(str(m), pa.array(values, pa.float64()), epochs)
+                  for m, epochs, values in curve_series(rec.get("curves") or {})]
         names = [None if m is None else str(m) for m in metrics]
         for col, value in base.items():
             self.runs[col] += [value] * len(values)
@@ -172,7 +193,7 @@ class _Rows:
         self.runs["value"] += values
         run = len(self.curve_runs)
         self.curve_runs.append(base)
-        self.curve_parts += [(run, metric, array) for metric, array in curves]
+        self.curve_parts += [(run, metric, array, epochs) for metric, array, epochs in curves]
         for col in INDEX_SCHEMA.names:
             self.index[col].append(stamp if col == "stamp" else base[col])
 
@@ -184,18 +205,23 @@ class _Rows:
         if not self.curve_parts:
             return CURVE_SCHEMA.empty_table()
         parts = sorted(self.curve_parts, key=lambda p: p[1])
-        counts = np.array([len(a) for _, _, a in parts], dtype=np.int64)
-        run_of_row = pa.array(np.repeat([r for r, _, _ in parts], counts))
+        counts = np.array([len(p[2]) for p in parts], dtype=np.int64)
+        run_of_row = pa.array(np.repeat([p[0] for p in parts], counts))
         part_of_row = pa.array(np.repeat(np.arange(len(counts)), counts))
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
         columns: dict[str, pa.Array] = {
             col: pa.array([r[col] for r in self.curve_runs], CURVE_SCHEMA.field(col).type)
             .take(run_of_row)
             for col in ("run_key", "task", "loss", "loss_params", "seed")
         }
-        columns["metric"] = pa.array([m for _, m, _ in parts]).take(part_of_row)
-        columns["epoch"] = pa.array(np.arange(len(run_of_row)) - starts + 1)
-        columns["value"] = pa.concat_arrays([a for _, _, a in parts])
+        columns["metric"] = pa.array([p[1] for p in parts]).take(part_of_row)
+        if all(p[3] is None for p in parts):  # one value per epoch: 1, 2, ... per curve
+            starts = np.repeat(np.cumsum(counts) - counts, counts)
+            columns["epoch"] = pa.array(np.arange(len(run_of_row)) - starts + 1)
+        else:
+            columns["epoch"] = pa.array(np.concatenate([
+                np.arange(1, len(p[2]) + 1) if p[3] is None else np.asarray(p[3], np.int64)
+                for p in parts]))
+        columns["value"] = pa.concat_arrays([p[2] for p in parts])
         return pa.table(columns, schema=CURVE_SCHEMA)
 
     def index_table(self) -> pa.Table:

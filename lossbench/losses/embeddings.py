@@ -81,13 +81,15 @@ def _spread(values: Tensor, mask: Tensor, average: str,
 
     ``out_i = N * sum_{t of anchor i} values_t / count`` with ``count`` the number of selected
     terms (``all``) or of selected terms that are > 0 (``nonzero``, PML's ``AvgNonZeroReducer``),
-    so ``mean_i out_i`` is exactly the batch mean over terms. Row ``r`` of ``values`` belongs to
-    anchor ``r`` (``N`` rows), or to ``ids[r]`` when ``anchors = (ids, N)`` is given.
+    so ``mean_i out_i`` is exactly the batch mean over terms. Row ``r`` of ``values`` [R, ...]
+    belongs to anchor ``r`` (``N`` rows), or to ``ids[r]`` when ``anchors = (ids, N)`` is given.
+    No selected term (e.g. no positive pair in the batch, R = 0) gives zeros that still depend
+    on ``values``, so backward runs (PML's zero loss does the same).
     """
     picked = torch.where(mask, values, torch.zeros_like(values))
     selected = mask if average == "all" else mask & (values.detach() > 0)
     count = selected.sum().clamp_min(1).to(values.dtype)
-    rows = picked.reshape(len(values), -1).sum(dim=1)
+    rows = picked.flatten(1).sum(dim=1)
     if anchors is not None:
         ids, n = anchors
         rows = rows.new_zeros(n).index_add(0, ids, rows)
@@ -328,6 +330,11 @@ class SupCon(Loss):
     anchors; the engine's mean divides by N, as the official code's mean). ``temperature`` 0.1
     is PML's default; the official SupContrast code defaults to 0.07 and also multiplies the loss
     by a constant ``T / base_T``, omitted here.
+
+    ``L_i = 0`` too for an anchor with no negative, i.e. on a batch with a single label. Eq. 2
+    taken literally is then ``log(N - 1)`` plus the log-mean-exp minus the mean of
+    ``s_ia / T`` over the others: a floor set by the batch size and a pull of every pair
+    together with nothing to contrast against. PML's SupConLoss returns 0 there; so does this.
     """
 
     consumes = "embeddings"
@@ -344,7 +351,8 @@ class SupCon(Loss):
         log_prob = logits - _masked_logsumexp(logits, pos | neg)[:, None]
         n_pos = pos.sum(dim=1)
         total = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-        return -total / n_pos.clamp_min(1)
+        contrasted = (n_pos > 0) & neg.any(dim=1)
+        return torch.where(contrasted, -total / n_pos.clamp_min(1), torch.zeros_like(total))
 
 
 MWPairs = Literal["global", "anchor"]

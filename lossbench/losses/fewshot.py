@@ -120,28 +120,31 @@ class ProtoTriplet(Loss):
         return _mix(ce, triplet, self.ce_weight)
 
 
-def icnn_score(x: Tensor, y: Tensor, k: int) -> Tensor:
+def icnn_score(x: Tensor, y: Tensor, k: int, r: int | None = None) -> Tensor:
     """The ICNN score of labelled points ``x`` [n, D] (higher = better separated; in [0, 1]).
 
-    ``k' = min(k, n - 2)`` nearest neighbours are scored; the nearest different-class distance
-    ``m_i`` is searched among the ``r = max(k' + 1, n_c)`` nearest neighbours (``n_c`` = largest
-    class size; so ``r`` always reaches another class when all classes are equally large).
-    With ``d_ij`` Euclidean distances, self excluded, neighbours sorted by distance:
+    ``k' = min(k, n - 2)``; the ``r`` nearest neighbours (default ``k' + 1``, at most ``n - 1``)
+    are searched for the nearest different-class distance ``m_i`` (infinite if none is among
+    them), and the first ``min(k', r)`` of them are scored. With ``d_ij`` Euclidean distances,
+    self excluded, neighbours sorted by distance:
 
-    * intra: ``t_ij = (d_ij / m_i) / max(1, max_j' d_ij' / m_i)`` over the ``k'`` neighbours
+    * intra: ``t_ij = (d_ij / m_i) / max(1, max_j' d_ij' / m_i)`` over the scored neighbours
       (0 when ``m_i`` is infinite); ``a_i`` = mean of ``t_ij`` over same-class neighbours;
       ``lambda_intra = 1 - mean_i a_i`` over points with a same-class neighbour (1 if none).
     * inter: ``u_ij = d_ij / max d`` over different-class neighbours (max over the episode);
       ``b_i`` = mean of ``u_ij`` over them; ``lambda_inter = mean_i b_i`` over points with a
       different-class neighbour (1 if no point has one).
-    * ``gamma`` = mean over points of (same-class share of the ``k'`` neighbours); 1 when ``k``
-      had to be clipped (``k + 2 >= n``).
+    * ``gamma`` = mean over points of (same-class scored neighbours / ``k'``); 1 when ``k``
+      had to be clipped (``k + 2 >= n``). With ``r < k'`` it is at most ``r / k'``.
     * score = ``((lambda_intra + lambda_inter) / 2 + gamma) / 2``.
+
+    This is the official ``modified_score`` (maumruiz/FSL-Loss, ``algorithms/icnn_loss.py``),
+    ``r`` being its ``ipc``.
     """
     n = len(x)
     clipped = k + 2 >= n
     k = n - 2 if clipped else k
-    r = min(max(k + 1, int(torch.bincount(y).max())), n - 1)
+    r = min(k + 1 if r is None else r, n - 1)
     d = _euclidean(x, x).masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), math.inf)
     dist, idx = d.topk(r, dim=1, largest=False)
     same = y[idx] == y[:, None]
@@ -180,12 +183,18 @@ class ICNN(Loss):
     cross-entropy: per query ``ce_weight * CE(q) + (1 - ce_weight) * ICNN``; 0.5 is the official
     equal average. ``k`` = 4 is the official default.
 
-    Details the paper leaves open, taken from the official code (maumruiz): the score is
-    ``(lambda + gamma) / 2`` with ``lambda = (lambda_intra + lambda_inter) / 2`` (the variance term
-    ``omega`` is disabled there); the neighbourhood for the nearest other-class distance is the
-    class size (``r`` in ``icnn_score``); ``gamma = 1`` when ``k`` is clipped. Unlike the official
-    code, the point itself is excluded by index (not by dropping the nearest neighbour) and no
-    1e-6 / 1e-7 safety epsilons are added (guarded divisions instead): values agree to ~1e-6.
+    Details the paper leaves open, taken from the official code (maumruiz/FSL-Loss,
+    ``algorithms/icnn_loss.py``): the score is ``(lambda + gamma) / 2`` with ``lambda =
+    (lambda_intra + lambda_inter) / 2`` (the variance term ``omega`` is disabled there);
+    ``gamma = 1`` when ``k`` is clipped; the neighbourhood searched for the nearest other-class
+    distance (``r`` in ``icnn_score``, its ``ipc``) is ``shot + query`` on the full episode
+    (``get_icnn_loss``, ``fullicnn``; here the class size, the same for the family's balanced
+    episodes) and ``k + 1`` on the support set (``suppicnn``). So with 1 shot and 2 queries only
+    3 < k = 4 neighbours are scored (and gamma <= 3/4), and on a 10-shot support set a point
+    whose 5 nearest neighbours share its class has no other-class distance (its intra term is 0).
+    Unlike the official code, the point itself is excluded by index (not by dropping the nearest
+    neighbour) and no 1e-6 / 1e-7 safety epsilons are added (guarded divisions instead): values
+    agree to ~1e-7.
     """
 
     consumes = "fewshot"
@@ -203,11 +212,12 @@ class ICNN(Loss):
         if self.on == "full":
             points = torch.cat([ep.support, ep.queries])
             labels = torch.cat([ep.support_labels, ep.query_labels])
+            neighbourhood: int | None = int(torch.bincount(labels).max())  # shot + query
         else:
-            points, labels = ep.support, ep.support_labels
+            points, labels, neighbourhood = ep.support, ep.support_labels, None  # k + 1
         if len(points) < 3:
             raise RuntimeError(f"icnn on={self.on} needs at least 3 points, got {len(points)}")
-        score = icnn_score(points, labels, self.k)
+        score = icnn_score(points, labels, self.k, neighbourhood)
         icnn = -torch.log(score.clamp_min(torch.finfo(points.dtype).tiny))
         logits = prototype_logits(ep.queries, ep.prototypes, self.temperature)
         ce = F.cross_entropy(logits, ep.query_labels, reduction="none")

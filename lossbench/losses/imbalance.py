@@ -202,7 +202,8 @@ class SelfAdjustingDice(_Dice):
 # --------------------------------------------------------------------------------------------
 
 ANYLOSS_EPS = 1e-5
-"""The official code's stabiliser in the metric denominators (its ``s``)."""
+"""The stabiliser ``s`` in the F1 and balanced-accuracy denominators of the authors'
+anyloss_extension code (their first repository, doheonhan/anyloss, has none)."""
 
 AnyMetric = Literal["accuracy", "f1", "balanced-accuracy", "gmean"]
 
@@ -212,8 +213,11 @@ def anyloss_metric(a: Tensor, t: Tensor, metric: str) -> Tensor:
 
     ``TP = sum a t``, ``FN = n1 - TP``, ``FP = sum a - TP``, ``TN = n0 - FP`` (sums over the
     batch, dim 0). accuracy ``(TP + TN) / N``; F1 ``2 TP / (n1 + sum a)``; balanced accuracy
-    ``(n0 TP + n1 TN) / (2 n1 n0)``; G-mean as the official surrogate ``TP TN / (n1 n0)``
-    (the squared G-mean: same maximiser, finite derivative at 0).
+    ``(n0 TP + n1 TN) / (2 n1 n0)``; G-mean ``sqrt(TP TN / (n1 n0))``, the geometric mean of
+    the soft recall and specificity, as in the authors' README and notebooks (doheonhan/anyloss,
+    ``Ours_Gmean``: ``tf.sqrt(...)``, the squared form commented out above it; their later
+    anyloss_extension repository uses the squared form ``TP TN / (n1 n0 + s)``). A column without
+    positives or negatives has no G-mean; it counts as 0 with zero gradient.
     """
     n = a.shape[0]
     n1 = t.sum(dim=0)
@@ -227,7 +231,10 @@ def anyloss_metric(a: Tensor, t: Tensor, metric: str) -> Tensor:
         return 2.0 * tp / (n1 + a.sum(dim=0) + ANYLOSS_EPS)
     if metric == "balanced-accuracy":
         return (n0 * tp + n1 * tn) / (2.0 * n1 * n0 + ANYLOSS_EPS)
-    return tp * tn / (n1 * n0 + ANYLOSS_EPS)
+    product = tp * tn / (n1 * n0).clamp_min(1.0)  # n1 n0 is an integer: 0 or >= 1
+    defined = product > 0
+    # sqrt'(0) is infinite: take the root only where it is defined, so the gradient stays 0.
+    return torch.where(defined, torch.where(defined, product, 1.0).sqrt(), 0.0)
 
 
 @LOSSES.register(

@@ -82,6 +82,15 @@ def _nce(z: Tensor, target: Tensor) -> Tensor:
     return _pick(logp, target) / logp.sum(dim=1)
 
 
+RCE_LOG_ZERO = math.log(1e-4)
+"""``A``, the value RCE gives ``log 0``: both official codes clamp the one-hot label at 1e-4
+before the natural log (SCE: YisenWang/symmetric_cross_entropy_for_noisy_labels, ``loss.py``,
+``symmetric_cross_entropy``: ``tf.clip_by_value(y_true, 1e-4, 1.0)``; APL:
+HanxunH/Active-Passive-Losses, ``loss.py``, ``ReverseCrossEntropy`` and ``SCELoss``:
+``torch.clamp(label_one_hot, min=1e-4)``), so ``A = ln 1e-4 = -9.21``. (-4, the default here
+before, is the base-10 log of that clamp.)"""
+
+
 def _rce(z: Tensor, target: Tensor, a: float) -> Tensor:
     """Reverse CE ``-sum_k p_k log q_k`` with one-hot ``q`` and ``log 0 := a``: ``-a (1 - p_y)``."""
     return -a * _one_minus_py(z, target)
@@ -90,6 +99,11 @@ def _rce(z: Tensor, target: Tensor, a: float) -> Tensor:
 def _mae(z: Tensor, target: Tensor) -> Tensor:
     """``||p - e_y||_1 = 2 - 2 p_y``."""
     return 2.0 * _one_minus_py(z, target)
+
+
+MaeForm = Literal["reduced", "l1"]
+MAE_FORMS = {"reduced": _one_minus_py, "l1": _mae}
+"""APL's "Reduced MAE" ``1 - p_y`` and the L1 norm ``||p - e_y||_1 = 2 - 2 p_y``."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -283,11 +297,15 @@ class SymmetricCE(Loss):
 
     ``RCE = -sum_k p_k log q_k`` with the one-hot label ``q`` and ``log 0 := A`` (A < 0), so
     ``RCE = -A (1 - p_y)``; ``L = alpha * CE + beta * RCE``. Wang et al., ICCV 2019.
+
+    ``A`` defaults to the official code's ``ln 1e-4 = -9.21`` (``RCE_LOG_ZERO``: its ``loss.py``
+    clips the one-hot label at 1e-4 before ``tf.log``); ``alpha = 0.1, beta = 1`` are its
+    CIFAR-10 values (``train_models.py``; also APL's ``configs/cifar10/*/sce.yaml``).
     """
 
     consumes = "logits"
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0, A: float = -4.0) -> None:
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0, A: float = RCE_LOG_ZERO) -> None:
         super().__init__()
         _check(alpha >= 0, f"alpha must be >= 0, got {alpha}")
         _check(beta >= 0, f"beta must be >= 0, got {beta}")
@@ -329,30 +347,45 @@ class NCEandRCE(_ActivePassive):
     """Active-passive loss NCE + RCE: alpha*NCE + beta*RCE.
 
     ``NCE = -log p_y / (-sum_k log p_k)`` (in [0, 1], sums to 1 over y);
-    ``RCE = -A (1 - p_y)`` with ``A = -4`` (as in the paper's code).
+    ``RCE = -A (1 - p_y)``, ``A`` = the value of ``log 0``.
     ``L = alpha * NCE + beta * RCE``. Ma et al., ICML 2020.
+
+    As the official code (HanxunH/Active-Passive-Losses, ``loss.py``: ``NCEandRCE`` =
+    ``NormalizedCrossEntropy(scale=alpha)`` + ``ReverseCrossEntropy(scale=beta)``), RCE is
+    unnormalised and ``A`` defaults to its ``ln 1e-4 = -9.21`` (``RCE_LOG_ZERO``). ``alpha =
+    beta = 1`` are its CIFAR-10 values. It also clamps ``p`` at 1e-7 inside RCE; we use the
+    exact ``1 - p_y`` (the clamp shifts the value by at most ``9.21 (K - 1) 1e-7``).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, A: float = RCE_LOG_ZERO) -> None:
         super().__init__(alpha, beta)
+        _check(A < 0, f"A must be < 0, got {A}")
+        self.a = A
 
     def passive(self, z: Tensor, target: Tensor) -> Tensor:
-        return _rce(z, target, -4.0)
+        return _rce(z, target, self.a)
 
 
 @LOSSES.register("nce+mae", consumes="logits", paper=_APL_PAPER + " (APL: NCE+MAE)")
 class NCEandMAE(_ActivePassive):
     """Active-passive loss NCE + MAE: alpha*NCE + beta*MAE.
 
-    ``NCE = -log p_y / (-sum_k log p_k)``; ``MAE = ||p - e_y||_1 = 2 - 2 p_y``.
-    ``L = alpha * NCE + beta * MAE``. Ma et al., ICML 2020.
+    ``NCE = -log p_y / (-sum_k log p_k)``; ``L = alpha * NCE + beta * MAE``. Ma et al., ICML 2020.
+
+    ``mae_form``: ``reduced`` (default) is ``MAE = 1 - p_y``, what the official code computes
+    (HanxunH/Active-Passive-Losses, ``loss.py``, ``MeanAbsoluteError``, commented "Reduced
+    MAE"), so its ``beta`` values carry over; ``l1`` is the paper's ``||p - e_y||_1 = 2 - 2 p_y``
+    (twice as large, as the ``mae`` loss). ``alpha = beta = 1`` are its CIFAR-10 values.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, mae_form: MaeForm = "reduced"
+                 ) -> None:
         super().__init__(alpha, beta)
+        self.mae_form = mae_form
+        self.mae = MAE_FORMS[mae_form]
 
     def passive(self, z: Tensor, target: Tensor) -> Tensor:
-        return _mae(z, target)
+        return self.mae(z, target)
 
 
 @LOSSES.register(
@@ -367,6 +400,8 @@ class MAE(Loss):
     ``L = ||softmax(z) - e_y||_1 = 2 (1 - p_y)``; symmetric: ``sum_k L(z, k) = 2K - 2``.
     Ghosh, Kumar & Sastry, AAAI 2017. (The official LDR repo's ``MAELoss`` computes
     ``sum_k (e_y - p)_k``, which is identically 0 -- a sign/abs bug; this one is the real MAE.)
+    The APL code's MAE baseline is the "reduced" ``1 - p_y``, half of this (as
+    ``nce+mae:mae_form=reduced``): with SGD, its learning rate eta is eta / 2 here.
     """
 
     consumes = "logits"

@@ -44,6 +44,19 @@ def _text(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def check_one_run_per_seed(runs: pd.DataFrame, cols: Sequence[str]) -> None:
+    """Refuse results where one (``cols``, seed) cell holds several runs (configs that differ
+    in what the columns do not show, e.g. a ``--set`` value): averaging them would mix two
+    experiments into one number."""
+    keys = runs.groupby([*cols, "seed"], dropna=False)["run_key"].unique()
+    clash = keys[keys.map(len) > 1]
+    if len(clash):
+        *where, seed = clash.index[0]
+        raise UserError(f"runs {', '.join(clash.iloc[0])} are all seed {seed} at "
+                        f"{'/'.join(map(_text, where))} but differ in config (e.g. a --set "
+                        "override); keep such runs in separate results folders")
+
+
 def assign_settings(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """``runs`` with a ``setting`` label column (see the module docstring); rows sorted by it."""
     bad = [c for c in by if c not in BY_COLUMNS]
@@ -56,13 +69,7 @@ def assign_settings(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
             one.groupby([*cols, "method", "seed"], dropna=False)[col].nunique() > 1
         ).any():
             cols.append(col)
-    keys = one.groupby([*cols, "method", "seed"], dropna=False)["run_key"].unique()
-    clash = keys[keys.map(len) > 1]
-    if len(clash):
-        *where, method, seed = clash.index[0]
-        raise UserError(f"runs {', '.join(clash.iloc[0])} are all {method} seed {seed} at "
-                        f"{'/'.join(map(_text, where))} but differ in config (e.g. a --set "
-                        "override); keep such runs in separate results folders")
+    check_one_run_per_seed(one, [*cols, "method"])
     base = cols[: len(dict.fromkeys(by))]
     combos = one[cols].drop_duplicates().sort_values(cols, kind="stable")
     # an added condition is named only where it varies (a sweep), not on every other task

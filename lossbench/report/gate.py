@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from lossbench.errors import UserError, require
-from lossbench.report.compare import metric_per_family
+from lossbench.report.compare import check_one_run_per_seed, metric_per_family
 from lossbench.report.stats import higher_is_better
 
 CONDITIONS = ["task", "budget", "noise_kind", "noise_rate"]
@@ -54,6 +54,7 @@ def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = ()) -> pd.DataFra
     unknown = [m for m in chosen if m not in available]
     require(not unknown, f"unknown metric '{', '.join(unknown)}'; available: "
                          f"{', '.join(sorted(available))}")
+    check_one_run_per_seed(runs.drop_duplicates("run_key"), KEY[:-1])
     ok = _normalise(runs[(runs["status"] == "ok") & runs["metric"].isin(chosen)], KEY)
     table = ok.groupby(KEY, sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
     return table.rename(columns={"count": "n"})[BASELINE_COLUMNS]
@@ -70,6 +71,24 @@ def read_baseline(path: Path) -> pd.DataFrame:
     require(not missing, f"baseline '{path}' lacks columns {', '.join(missing)} (needs "
                          f"{', '.join(REQUIRED)})")
     require(len(table) > 0, f"baseline '{path}' has no rows")
+    numeric = ["mean", "std", "n"] + (["noise_rate"] if "noise_rate" in table else [])
+    for col in numeric:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table.loc[values.isna() & table[col].notna(), col]
+        if not bad.empty:
+            raise UserError(f"baseline '{path}': column {col} has a non-numeric value "
+                            f"{bad.iloc[0]!r} (row {bad.index[0] + 2}); expected numbers")
+        table[col] = values
+    require(table["mean"].notna().all() and table["n"].notna().all(),
+            f"baseline '{path}': every row needs a mean and an n")
+    negative = table.loc[table["std"] < 0, "std"]
+    if not negative.empty:
+        raise UserError(f"baseline '{path}': std {negative.iloc[0]:g} (row "
+                        f"{negative.index[0] + 2}) is negative")
+    not_count = table.loc[(table["n"] < 1) | (table["n"] % 1 != 0), "n"]
+    if not not_count.empty:
+        raise UserError(f"baseline '{path}': n {not_count.iloc[0]:g} (row "
+                        f"{not_count.index[0] + 2}) is not a count of seeds (an integer >= 1)")
     return table
 
 
@@ -138,6 +157,7 @@ def gate(baseline: pd.DataFrame, runs: pd.DataFrame, tolerance: float = 1.0, k: 
                         f"{show(base_sets)}, results have {show(run_sets)} "
                         f"({'/'.join(conditions)})")
 
+    check_one_run_per_seed(runs.drop_duplicates("run_key"), key[:-1])
     ok = runs[runs["status"] == "ok"]
     new = (ok.groupby(key)["value"].agg(["mean", "std", "count"])
            .rename(columns={"mean": "new_mean", "std": "new_std", "count": "new_n"}))
