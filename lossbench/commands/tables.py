@@ -35,6 +35,8 @@ def tables(
     snap = store.tables.snapshot(listed=False)
     done = "rebuilt from the records" if rebuild else (
         f"{plural(report.added, 'run')} added from records" if report.added else "up to date")
+    if report.dropped:
+        done += f" ({plural(report.dropped, 'unreadable segment')} dropped, its runs re-added)"
     console.print(f"{out}: {plural(len(snap.owners), 'run')} in "
                   f"{plural(len(snap.segments), 'segment')}, {done}", highlight=False)
     if export:

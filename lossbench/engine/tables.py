@@ -334,8 +334,6 @@ class Snapshot:
     """Record keys whose rows the tables lack (new, rewritten, or in an unreadable segment)."""
     broken: dict[str, str]
     """Segments whose index cannot be read: name -> why."""
-    listed: bool
-    """Whether the records folder was listed (else pending/gone were not looked for)."""
     indexes: dict[str, _Index]
 
 
@@ -439,7 +437,7 @@ class Tables:
             else:
                 keep[name] = set(owners.loc[owners["segment"] == name, "run_key"].tolist())
         return Snapshot({n: segments[n] for n in names}, owners.reset_index(drop=True), keep,
-                        pending, broken, records is not None, indexes)
+                        pending, broken, indexes)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -891,7 +889,7 @@ def _combos(table: pa.Table) -> set[Combo]:
 
 def _empty_snapshot(pending: list[str]) -> Snapshot:
     return Snapshot({}, pd.DataFrame(columns=[*INDEX_SCHEMA.names, "segment"]), {}, pending, {},
-                    True, {})
+                    {})
 
 
 def _first_line(err: BaseException) -> str:

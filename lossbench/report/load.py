@@ -16,10 +16,9 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 
 from lossbench.engine.store import CURVE_COLUMNS, RUN_COLUMNS, Store
-from lossbench.engine.tables import CURVE_SCHEMA, RUN_SCHEMA, read_table_file
+from lossbench.engine.tables import RUN_SCHEMA, read_table_file
 from lossbench.errors import UserError, require
 
 TEXT_COLUMNS = ["task", "family", "budget", "loss", "loss_params", "status", "reason",
@@ -122,13 +121,8 @@ def check_metrics(paths: Sequence[Path], metrics: Sequence[str]) -> None:
 
 def load_curves(paths: Sequence[Path], metrics: Collection[str] | None = None) -> pd.DataFrame:
     """Per-epoch curves of the results (of ``metrics`` only, when given); may be empty."""
-    tables = []
-    for path in map(Path, paths):
-        folder = path if path.is_dir() else path.parent
-        table = Store(folder).tables.read("curves", metrics)
-        if table.num_rows:
-            tables.append(table)
-    if not tables:
-        return CURVE_SCHEMA.empty_table().to_pandas()[CURVE_COLUMNS]
-    curves = pa.concat_tables(tables).to_pandas()
+    tables = [Store(path if path.is_dir() else path.parent).tables.curves_frame(metrics)
+              for path in map(Path, paths)]
+    curves = pd.concat([t for t in tables if len(t)] or [pd.DataFrame(columns=CURVE_COLUMNS)],
+                       ignore_index=True)
     return curves.drop_duplicates(["run_key", "metric", "epoch"], keep="last")
