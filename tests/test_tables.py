@@ -383,3 +383,19 @@ def test_a_broken_segment_met_by_a_merge_does_not_stop_the_grid(tmp_path: Path) 
     assert store.tables_problem == ""
     assert load_runs([tmp_path])["run_key"].nunique() == len(recs)
     assert len(load_curves([tmp_path])) == len(tidy_curves(recs))
+
+
+def test_a_busy_lock_does_not_slow_a_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "SAVE_WAIT_S", 0.3)
+    recs = records(4)
+    store = Store(tmp_path)
+    store.save(recs[0])
+    with Store(tmp_path).tables._locked():  # a long catch-up in another process
+        started = time.monotonic()
+        for rec in recs[1:]:
+            store.save(rec)
+        assert time.monotonic() - started < 2  # waited once, then not at all
+        assert "another lossbench process" in store.tables_problem
+    store.save(fake_record("t", "ce", 99, {"test_top1": 1.0}))
+    assert store.tables_problem == ""
+    assert load_runs([tmp_path])["run_key"].nunique() == 5

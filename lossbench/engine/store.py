@@ -29,6 +29,7 @@ from lossbench.engine.tables import (
     CURVE_COLUMNS,
     FINISHED,
     RUN_COLUMNS,
+    SAVE_WAIT_S,
     TABLE_ERRORS,
     SyncReport,
     Tables,
@@ -87,7 +88,7 @@ class Store:
         report adds the rows from the record."""
         path = self.write(record)
         try:
-            self.tables.add([record])
+            self.tables.add([record], 0.0 if self.tables_problem else SAVE_WAIT_S)
             self.tables_problem = ""
         except (*TABLE_ERRORS, TablesBusy, UserError) as err:
             self.tables_problem = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -92,6 +92,9 @@ LOCK_TIMEOUT_S = 30.0
 """How long a writer waits for another (a merge of FULL_RUNS runs takes seconds)."""
 READER_WAIT_S = 2.0
 """How long a reader waits to add pending records itself before reading them into memory."""
+SAVE_WAIT_S = 5.0
+"""How long a finished run waits to add its rows; after a miss the next runs do not wait (their
+rows are added by the next reader), so a long catch-up elsewhere does not slow a grid."""
 READ_RETRIES = 5
 TABLE_ERRORS = (pa.ArrowException, OSError, ValueError)
 
@@ -635,9 +638,9 @@ class Tables:
             self._collect(self.snapshot())
         return SyncReport(added, unreadable, len(snap.broken))
 
-    def add(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, records: Sequence[Mapping[str, Any]], timeout: float | None = None) -> None:
         """Rows of records just written by ``Store.write`` (no listing of the records folder)."""
-        with self._locked():
+        with self._locked(timeout):
             if self._legacy() or not self.index_dir.is_dir():
                 self._prepare()
                 snap = self.snapshot()
