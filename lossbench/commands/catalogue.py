@@ -99,3 +99,24 @@ def list_tasks(family: Family = "", long: Long = False) -> None:
         console.print(table)
     console.print(f"epochs per budget: {' / '.join(BUDGETS)}; --long adds model and "
                   "description; --family NAME shows one family", highlight=False)
+
+
+@user_errors
+def list_suites() -> None:
+    """Every suite: its settings (the columns of its table) and default losses."""
+    from lossbench.suites import load_suite, suite_names
+
+    table = Table(Column("suite", no_wrap=True), Column("settings", overflow="fold"),
+                  Column("losses", overflow="fold"), title="suites", box=box.SIMPLE_HEAD)
+    for name in suite_names():
+        try:
+            suite = load_suite(name)
+        except UserError as err:
+            table.add_row(name, f"[red]error[/] {err}", "")
+            continue
+        labels = [s.label for s in suite.settings]
+        shown = ", ".join(labels[:4]) + (f", … ({len(labels)} in all)" if len(labels) > 4 else "")
+        table.add_row(name, shown, ", ".join(suite.losses) or "—")
+    console.print(table)
+    console.print("run one with `lossbench run --suite NAME`; tasks/suites/NAME.toml lists it",
+                  highlight=False)

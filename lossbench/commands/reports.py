@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
@@ -36,6 +36,10 @@ def compare(
     ] = None,
     format_: Annotated[str, typer.Option("--format", metavar="FORMAT",
                                          help="table | md | csv | json")] = "table",
+    rank_agreement: Annotated[list[Path] | None, typer.Option(
+        metavar="RESULTS", help="Instead: Kendall's tau (bootstrap 95% CI over seeds) between "
+        "the loss ranking of RESULTS (e.g. a cheap tier) and of these results, per setting.")
+    ] = None,
 ) -> None:
     """Methods x tasks: mean ± std, n, 95% CI, paired test vs a baseline, ranks."""
     from lossbench.report import compare as compare_report
@@ -44,6 +48,10 @@ def compare(
     if format_ not in FORMATS:
         raise UserError(f"unknown --format '{format_}'; accepted: {', '.join(FORMATS)}")
     paths = results or [DEFAULT_OUT]
+    if rank_agreement:
+        _print_agreement(load_runs(rank_agreement), load_runs(paths), metric,
+                         split_multi([by]), format_)
+        return
     metrics = report_metrics(paths, metric)
     result = compare_report.compare(load_runs(paths, set(metrics.values())), metrics,
                                     split_multi([by]), baseline)
@@ -64,6 +72,39 @@ def compare(
         console.print(table)
         for note in compare_report.notes(result):
             console.print(f"- {note}", highlight=False)
+
+
+def _print_agreement(cheap: Any, full: Any, metric: str | None, by: list[str],
+                     format_: str) -> None:
+    import pandas as pd
+
+    from lossbench.report.rank_agreement import BOOTSTRAP, rank_agreement
+
+    rows = rank_agreement(cheap, full, metric, by)
+    frame = pd.DataFrame([vars(r) for r in rows])
+    if format_ == "csv":
+        frame.to_csv(sys.stdout, index=False)
+        return
+    if format_ == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+        return
+    if format_ == "md":
+        from tabulate import tabulate
+
+        sys.stdout.write(tabulate(
+            [[r.setting, r.methods, f"{r.tau:.2f}", f"[{r.low:.2f}, {r.high:.2f}]", r.best_a,
+              r.best_b] for r in rows],
+            ["setting", "methods", "Kendall τ", "95% CI", "best (--rank-agreement)",
+             "best (these)"], tablefmt="github", disable_numparse=True) + "\n")
+        return
+    table = Table(Column("setting", overflow="fold"), "methods", "Kendall τ", "95% CI",
+                  "best there", "best here", title="rank agreement",
+                  caption=f"tau-b of the methods' mean ranks; CI: {BOOTSTRAP} bootstrap "
+                          "resamples of each method's seeds")
+    for r in rows:
+        table.add_row(r.setting, str(r.methods), f"{r.tau:.2f}", f"[{r.low:.2f}, {r.high:.2f}]",
+                      r.best_a, r.best_b)
+    console.print(table)
 
 
 @user_errors

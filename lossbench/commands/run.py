@@ -28,6 +28,7 @@ from lossbench.commands.common import (
     user_errors,
 )
 from lossbench.engine.session import resolve_workers as resolve_workers  # re-exported
+from lossbench.errors import require
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,15 +86,54 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
         metrics = [m for m in FAMILIES.get(family).tags.get("summary", ()) if m in present]
         summary = summarise(rows, metrics)
         table = Table(Column("task", overflow="fold"), Column("loss", no_wrap=True),
-                      Column("params", overflow="fold"), "n",
+                      Column("params", overflow="fold", max_width=24), "n",
                       *[Column(metric_header(m), justify="right") for m in metrics],
                       title=f"{title} ({family})",
                       caption="test metrics on clean labels: mean ± std over seeds")
         for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
-            table.add_row(r["task"], r["loss"], r["loss_params"] or "—", n, *cells)
+            table.add_row(r["task"], r["loss"], non_default_params(r["loss"], r["loss_params"]),
+                          n, *cells)
         console.print(table)
+
+
+def non_default_params(loss: str, params_text: str) -> str:
+    """``k=v,...`` without the parameters at their registry default (a table stays readable:
+    ``nce+rce`` shows ``alpha=5.0,beta=5.0``, not also ``A=-9.210340371976182``)."""
+    from lossbench.losses import LOSSES
+
+    if not params_text or loss not in LOSSES:
+        return params_text or "—"
+    defaults = {p.name: str(p.default) for p in LOSSES.get(loss).params}
+    pairs = [item for item in params_text.split(",")
+             if defaults.get(item.partition("=")[0]) != item.partition("=")[2]]
+    return ",".join(pairs) or "defaults"
+
+
+def print_tuning(choices: Sequence[Mapping[str, Any]], configs: Sequence[RunConfig]) -> None:
+    """One row per setting and loss: the chosen point, its criterion mean, the trial count."""
+    from lossbench.tuning import setting_key
+
+    names = {}
+    for cfg in configs:
+        noise = cfg.spec.get("noise", {})
+        names[setting_key(cfg)] = f"{cfg.task} {noise.get('kind', '')} {noise.get('rate', '')}"
+    table = Table(Column("setting", overflow="fold"), Column("loss", no_wrap=True),
+                  Column("chosen", overflow="fold"), Column("criterion", justify="right"),
+                  "trials", title="tuning (validation only)",
+                  caption="criterion: mean over seeds of the validation metric named; "
+                          "records in <out>/tuning/")
+    for c in choices:
+        chosen = c["chosen"]
+        value = "—" if chosen is None else f"{c['points'][chosen]['mean']:.3f}"
+        varying = [k for k in c["chosen_params"] or {}
+                   if len({str(p["params"].get(k)) for p in c["points"]}) > 1]
+        params = "all diverged/failed" if chosen is None else (
+            ",".join(f"{k}={c['chosen_params'][k]}" for k in varying) or "—")
+        table.add_row(names.get(c["spec_key"], c["task"]).strip(), c["loss"], params,
+                      f"{c['criterion']} {value}", str(c["trials"]))
+    console.print(table)
 
 
 @contextmanager
@@ -133,12 +173,28 @@ def _version_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 @user_errors
 def run(
-    loss: Annotated[list[str], typer.Option(
+    loss: Annotated[list[str] | None, typer.Option(
         "--loss", "-l", metavar="SPEC", help="Loss spec: name[:k=v,...], module:Class[:k=v,...] "
         "or file.py:Class[:k=v,...]; repeat for several; 'all' for every built-in loss the "
-        "task accepts.")],
-    task: Annotated[list[str], typer.Option(
-        "--task", "-t", metavar="NAME", help="Task name or path/to/task.toml; repeat or a,b.")],
+        "task accepts (default with --suite: the suite's losses).")] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", "-t", metavar="NAME", help="Task name or path/to/task.toml; repeat or a,b.")
+    ] = None,
+    suite: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Run every setting of a suite (`lossbench list suites`).")] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune", help="Tune each loss on its declared search space with the same number of "
+        "trials per loss, choosing by the mean validation metric over the seeds (folds).")
+    ] = False,
+    space: Annotated[list[str] | None, typer.Option(
+        metavar="LOSS.PARAM=V1,V2", help="With --tune: these values for one parameter instead "
+        "of the declared ones; repeat for several.")] = None,
+    trials: Annotated[int | None, typer.Option(
+        metavar="N", help="With --tune: points tried per loss (default: the largest space).")
+    ] = None,
+    tune_metric: Annotated[str | None, typer.Option(
+        metavar="NAME", help="With --tune: the validation metric to choose by (default: the "
+        "family's, e.g. best_val_top1).")] = None,
     seeds: Annotated[str | None, typer.Option(
         metavar="LIST", help="e.g. 0,1,2 or 0-4 (default: the task's).")] = None,
     budget: Annotated[str, typer.Option(metavar="TIER", help="smoke | quick | paper")] = "quick",
@@ -176,7 +232,24 @@ def run(
     from lossbench.engine.grid import parse_seeds
     from lossbench.engine.session import execute, plan
 
-    grid = plan(loss, split_multi(task), parse_seeds(seeds), budget, set_ or [], out=out,
+    settings: list[str | tuple[str, Sequence[str]]] = list(split_multi(task or []))
+    losses = list(loss or [])
+    if suite is not None:
+        from lossbench.suites import load_suite
+
+        chosen_suite = load_suite(suite)
+        settings += [(s.task, s.overrides) for s in chosen_suite.settings]
+        losses = losses or list(chosen_suite.losses)
+    require(bool(settings), "no --task or --suite given; see `lossbench list tasks` and "
+                            "`lossbench list suites`")
+    require(tune or not (space or trials or tune_metric),
+            "--space, --trials and --tune-metric go with --tune")
+    if tune:
+        from lossbench.tuning import check_tune_metric, tuned_specs
+
+        check_tune_metric(tune_metric)
+        losses = tuned_specs(losses, space or [], trials)
+    grid = plan(losses, settings, parse_seeds(seeds), budget, set_ or [], out=out,
                 device=device, force=force, workers=workers, threads=threads,
                 executor=executor, pack=pack, address=address, gpus_per_run=gpus_per_run)
     configs, todo, reused, store, n_workers = (grid.configs, grid.todo, grid.reused, grid.store,
@@ -206,10 +279,17 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     from lossbench.families import FAMILIES
 
+    keys = {c.key for c in configs}
+    if tune:
+        from lossbench.tuning import select
+
+        choices = select(configs, store, tune_metric)
+        print_tuning(choices, configs)
+        keys = {k for c in choices for k in c["chosen_keys"]}
     families = {c.family for c in configs}
     shown = {m for f in families for m in FAMILIES.get(f).tags.get("summary", ())}
-    print_summary(store.tables.runs_frame(shown, {c.key for c in configs}, SUMMARY_COLUMNS),
-                  "results")
+    print_summary(store.tables.runs_frame(shown, keys, SUMMARY_COLUMNS),
+                  "tuned results" if tune else "results")
     if store.tables_problem:
         console.print(f"[yellow]warning[/]: tables not updated ({store.tables_problem}); "
                       "reports add the missing rows from the records", highlight=False)

@@ -172,7 +172,7 @@ def expand_losses(specs: Iterable[str], family: str) -> list[LossChoice]:
 
 def expand(
     losses: Sequence[str],
-    tasks: Sequence[str],
+    tasks: Sequence[str | tuple[str, Sequence[str]]],
     seeds: Sequence[int] | None,
     budget: str,
     overrides: Sequence[str] = (),
@@ -180,12 +180,15 @@ def expand(
     threads: int = 1,
 ) -> list[RunConfig]:
     """The grid in run order (task, loss, seed), duplicates removed; ``device`` is the device
-    type the runs will train on, ``threads`` their torch CPU thread count."""
+    type the runs will train on, ``threads`` their torch CPU thread count. A task may carry its
+    own overrides, ``(task, [key=value, ...])`` (a suite's setting); ``overrides`` (``--set``)
+    apply after them."""
     require(bool(losses), "no --loss given; try --loss ce or --loss all")
     require(bool(tasks), "no --task given; see `lossbench list tasks`")
     runs: dict[str, RunConfig] = {}
-    for task in tasks:
-        spec = resolve_task(task, budget, overrides)
+    for entry in tasks:
+        task, own = (entry, ()) if isinstance(entry, str) else entry
+        spec = resolve_task(task, budget, [*own, *overrides])
         family = str(spec.get("family", ""))
         check = FAMILIES.get(family).tags.get("check")
         if check is not None:

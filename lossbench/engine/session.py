@@ -82,7 +82,7 @@ def plan(
         raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
     require(threads >= 1, f"--threads must be >= 1, got {threads}")
     resolve_workers(workers, threads, 1)  # a bad value fails before anything else
-    size = pack_size(pack, device)
+    pack_size(pack, device)  # a bad value fails before anything else
     options: dict[str, Any] = {"pack": pack}
     if executor == "ray":
         options |= {"address": address, "gpus_per_run": gpus_per_run}
@@ -95,7 +95,7 @@ def plan(
     finished = {} if force else store.finished()  # from the tables: no record is parsed twice
     todo = [c for c in configs if c.key not in finished]
     reused = [finished[c.key] for c in configs if c.key in finished]
-    groups = len(pack_groups(todo, size)) if size > 1 else len(todo)
+    groups = len(pack_groups(todo, pack, device))
     n_workers = resolve_workers(workers, threads, max(1, groups))
     return Plan(configs, todo, reused, store, n_workers, device, executor, options,
                 list(getattr(store, "unreadable", [])))

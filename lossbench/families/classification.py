@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from lossbench.calibration import calibrate, check_method
 from lossbench.data.augment import crop_flip
 from lossbench.data.imbalance import apply_imbalance, check_imbalance, one_vs_rest
-from lossbench.data.noise import apply_noise, check_noise
+from lossbench.data.noise import NOISE, apply_noise, check_noise
 from lossbench.data.sources import RawSplits, load_source, stratified_split
 from lossbench.data.views import source_channel_stats
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
@@ -55,6 +55,9 @@ from lossbench.metrics import (
     top_k,
 )
 from lossbench.models import MODELS
+
+if TYPE_CHECKING:
+    from lossbench.engine.grid import RunConfig
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, bins: int) -> dict[str, float]:
@@ -118,28 +121,29 @@ def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> 
     raw = load_source(spec["data"])
     if "binary" in spec:
         raw = one_vs_rest(raw, int(spec["binary"]["positive"]))
-    split = spec.get("split", {})
+    split = read_split(spec)
     noise = dict(spec.get("noise", {"kind": "none"}))
     kind = str(noise.pop("kind", "none"))
-    if kind == "asym" and "map" not in noise and "asym_map" in raw.meta:
-        noise["map"] = raw.meta["asym_map"]  # the dataset's standard flip map
+    auto_map = NOISE.get(kind).tags.get("auto_map")
+    if auto_map and "map" not in noise and auto_map in raw.meta:
+        noise["map"] = raw.meta[auto_map]  # the dataset's standard flip map, named in the report
     y_noisy, report = apply_noise(raw.y_train, raw.num_classes, kind, noise, seed, raw.meta)
     # The split is drawn on the clean labels with a fixed seed, so it is the same for every run
     # seed and noise draw (runs differ only in noise, init and order; packed runs share inputs).
+    # With split.kfold = k, run seed s validates on fold s mod k instead (the LDR protocol).
     # Validation labels are the noisy ones: model selection never sees clean labels.
-    train_idx, val_idx = stratified_split(
-        raw.y_train, float(split.get("val_fraction", 0.1)), int(split.get("split_seed", 0))
-    )
+    if split.kfold:
+        train_idx, val_idx = kfold_split(len(raw.y_train), split.kfold, seed % split.kfold)
+    else:
+        train_idx, val_idx = stratified_split(raw.y_train, split.val_fraction, split.split_seed)
     imbalance: dict[str, Any] = {}
     if "imbalance" in spec:  # its own fixed generator: the same subset for every run seed
         train_idx, val_idx, imb = apply_imbalance(
             raw.y_train, train_idx, val_idx, raw.num_classes, spec["imbalance"])
         imbalance = asdict(imb)
-    limit = int(split.get("train_limit", 0))
-    if limit:
-        train_idx = train_idx[np.random.default_rng(split.get("split_seed", 0)).permutation(
-            len(train_idx))[:limit]]
-        train_idx.sort()
+    train_idx = subset(train_idx, split.train_limit, split.split_seed)
+    val_idx = subset(val_idx, split.val_limit, split.split_seed)
+    test_idx = subset(np.arange(len(raw.y_test)), split.test_limit, split.split_seed)
 
     put = _device_rows(raw, device)
 
@@ -149,9 +153,32 @@ def prepare_splits(spec: Mapping[str, Any], seed: int, device: torch.device) -> 
     return Splits(
         put(raw.x_train[train_idx]), labels(y_noisy[train_idx]),
         put(raw.x_train[val_idx]), labels(y_noisy[val_idx]),
-        put(raw.x_test), labels(raw.y_test),
+        put(raw.x_test[test_idx]), labels(raw.y_test[test_idx]),
         raw.num_classes, raw.kind == "image", asdict(report), imbalance,
     )
+
+
+def kfold_split(n: int, k: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of fold ``fold`` of ``k`` contiguous folds, in the source's
+    order: scikit-learn's ``KFold(n_splits=k)`` without shuffling, which the LDR code runs."""
+    sizes = np.full(k, n // k) + (np.arange(k) < n % k)
+    start = int(sizes[:fold].sum())
+    val = np.arange(start, start + int(sizes[fold]))
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def subset(idx: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``idx`` (0: all), drawn by ``seed`` and kept in order: smoke budgets
+    that run on a few hundred examples of a large set."""
+    if not limit or limit >= len(idx):
+        return idx
+    return np.sort(idx[np.random.default_rng(seed).permutation(len(idx))[:limit]])
+
+
+def pack_key(cfg: RunConfig) -> int | None:
+    """Runs that share inputs pack together: with ``split.kfold`` the seed picks the fold (the
+    training rows), so only runs of one seed pack; otherwise the split is the same for all."""
+    return cfg.seed if read_split(cfg.spec).kfold else None
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
@@ -159,9 +186,7 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     check_common(spec)
     noise = dict(spec.get("noise", {"kind": "none"}))
     check_noise(str(noise.pop("kind", "none")), noise)
-    fraction = spec.get("split", {}).get("val_fraction", 0.1)
-    require(isinstance(fraction, int | float) and 0.0 < fraction < 1.0,
-            f"split.val_fraction must be a number in (0, 1), got {fraction!r}")
+    read_split(spec)
     if "binary" in spec:
         positive = spec["binary"].get("positive")
         require(isinstance(positive, int) and positive >= 0,
@@ -170,6 +195,34 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         check_imbalance(spec["imbalance"])
     check_method(str(spec.get("calibration", {}).get("method", "none")))
     read_eval(spec)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """``[split]``: how the training source is cut into training and (noisy) validation parts."""
+
+    val_fraction: float = 0.1
+    """Stratified validation share, drawn by ``split_seed`` (the same for every run seed)."""
+    split_seed: int = 0
+    kfold: int = 0
+    """k > 0: contiguous folds in the source's order; run seed s validates on fold s mod k."""
+    train_limit: int = 0
+    """At most this many training examples (0: all), for smoke budgets; also val/test_limit."""
+    val_limit: int = 0
+    test_limit: int = 0
+
+
+def read_split(spec: Mapping[str, Any]) -> SplitConfig:
+    """The ``[split]`` table, checked like ``[eval]``."""
+    split = config_table(SplitConfig, spec, "split")
+    require(0.0 < split.val_fraction < 1.0,
+            f"split.val_fraction must be in (0, 1), got {split.val_fraction}")
+    require(split.kfold == 0 or split.kfold >= 2,
+            f"split.kfold must be 0 (a stratified split) or an int >= 2, got {split.kfold}")
+    for key in ("train_limit", "val_limit", "test_limit"):
+        require(getattr(split, key) >= 0,
+                f"split.{key} must be an int >= 0 (0: no limit), got {getattr(split, key)}")
+    return split
 
 
 @dataclass(frozen=True)
@@ -325,6 +378,7 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     summary=("test_top1", "test_top1@best_val", "test_bacc", "test_ece"),
     check=check_spec,
     supplies=("num_classes", "num_train", "class_counts", "seed"),
+    pack_key=pack_key,
 )
 def run_classification(ctx: RunContext) -> RunOutput:
     """Train a classifier with a logits or binary-margin loss; clean-test metrics, last epoch and
