@@ -20,9 +20,20 @@ from lossbench.commands.common import (
     split_multi,
     user_errors,
 )
-from lossbench.errors import UserError
+from lossbench.errors import UserError, require
 
 FORMATS = ("table", "md", "csv", "json")
+Tuned = Annotated[bool, typer.Option(
+    "--tuned", help="Only the runs tunings chose (`run --tune`), one method per loss.")]
+
+
+def _runs(paths: list[Path], metrics: set[str] | None, tuned: bool) -> Any:
+    """The runs table of ``paths`` (only ``metrics``), marked with their tuning role."""
+    from lossbench.report.load import load_runs
+    from lossbench.report.suite_table import mark_tuned, only_tuned
+
+    runs = mark_tuned(load_runs(paths, metrics), paths)
+    return only_tuned(runs) if tuned else runs
 EXIT_GATE_FAILED = 1
 
 
@@ -40,20 +51,21 @@ def compare(
         metavar="RESULTS", help="Instead: Kendall's tau (bootstrap 95% CI over seeds) between "
         "the loss ranking of RESULTS (e.g. a cheap tier) and of these results, per setting.")
     ] = None,
+    tuned: Tuned = False,
 ) -> None:
     """Methods x tasks: mean ± std, n, 95% CI, paired test vs a baseline, ranks."""
     from lossbench.report import compare as compare_report
-    from lossbench.report.load import load_runs, report_metrics
+    from lossbench.report.load import report_metrics
 
     if format_ not in FORMATS:
         raise UserError(f"unknown --format '{format_}'; accepted: {', '.join(FORMATS)}")
     paths = results or [DEFAULT_OUT]
     if rank_agreement:
-        _print_agreement(load_runs(rank_agreement), load_runs(paths), metric,
+        _print_agreement(_runs(rank_agreement, None, tuned), _runs(paths, None, tuned), metric,
                          split_multi([by]), format_)
         return
     metrics = report_metrics(paths, metric)
-    result = compare_report.compare(load_runs(paths, set(metrics.values())), metrics,
+    result = compare_report.compare(_runs(paths, set(metrics.values()), tuned), metrics,
                                     split_multi([by]), baseline)
     if format_ == "md":
         sys.stdout.write(compare_report.markdown(result))
@@ -111,23 +123,71 @@ def _print_agreement(cheap: Any, full: Any, metric: str | None, by: list[str],
 def leaderboard(
     results: Results = None,
     metric: Metric = None,
-    out: Annotated[Path, typer.Option(metavar="FILE", help="Markdown file to write; - for "
-                                      "stdout.")] = Path("results/LEADERBOARD.md"),
+    out: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Markdown file to write; - for stdout (default: "
+        "results/LEADERBOARD.md, or results/<suite>.md with --suite).")] = None,
+    suite: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The suite's paper-style table: losses x its settings, average "
+        "rank, and a critical-difference diagram beside the file (with the plots extra).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="With --suite: the overrides the runs were made with "
+        "(a run matches a setting by its resolved task spec).")] = None,
+    tuned: Tuned = False,
 ) -> None:
     """Markdown leaderboard: one table per task family, best bold, † = not significantly worse."""
     from lossbench.report import leaderboard as leaderboard_report
-    from lossbench.report.load import load_runs, report_metrics
+    from lossbench.report.load import report_metrics
 
     paths = results or [DEFAULT_OUT]
-    runs = load_runs(paths, set(report_metrics(paths, metric).values()))
-    if str(out) != "-":
-        check_writable_file(out, "--out")
-    text = leaderboard_report.leaderboard(runs, metric)
-    if str(out) == "-":
+    require(suite is not None or not set_, "--set goes with --suite")
+    target = out or Path("results") / (f"{suite}.md" if suite else "LEADERBOARD.md")
+    if suite is not None:
+        from lossbench.report.suite_table import suite_table
+        from lossbench.suites import load_suite
+
+        chosen = load_suite(suite)
+        runs = _runs(paths, None, tuned)
+        if str(target) != "-":
+            check_writable_file(target, "--out")
+        text, result = suite_table(runs, chosen, metric, set_ or [])
+        _write_text(text, target)
+        if str(target) != "-":
+            _cd_diagram(result, f"{suite}: {next(iter(result.metrics.values()))}",
+                        target.with_name(f"{target.stem}-cd.png"))
+        return
+    runs = _runs(paths, set(report_metrics(paths, metric).values()), tuned)
+    if str(target) != "-":
+        check_writable_file(target, "--out")
+    _write_text(leaderboard_report.leaderboard(runs, metric), target)
+
+
+def _write_text(text: str, target: Path) -> None:
+    if str(target) == "-":
         sys.stdout.write(text)
         return
-    out.write_text(text)
-    console.print(f"leaderboard: {out}", highlight=False)
+    target.write_text(text)
+    console.print(f"leaderboard: {target}", highlight=False)
+
+
+def _cd_diagram(result: Any, title: str, path: Path) -> None:
+    """The critical-difference diagram of a suite's columns, when matplotlib is installed."""
+    try:
+        from lossbench.report import plots
+    except ImportError:
+        console.print("critical-difference diagram skipped: pip install 'lossbench[plots]'",
+                      highlight=False)
+        return
+    try:
+        plots.require_plotting()
+    except UserError as err:
+        console.print(f"critical-difference diagram skipped: {err}", highlight=False)
+        return
+    figure, note = plots.cd_figure(result, title)
+    if figure is not None:
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        console.print(f"critical-difference diagram: {path}", highlight=False)
+    console.print(note, highlight=False)
 
 
 @user_errors

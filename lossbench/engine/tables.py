@@ -34,6 +34,7 @@ so a report that asks for one metric reads only that metric's row groups.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -66,8 +67,10 @@ RUN_SCHEMA = pa.schema([
     ("noise_kind", pa.string()), ("noise_rate", pa.float64()), ("noise_realised", pa.float64()),
     ("metric", pa.string()), ("value", pa.float64()), ("wall_s", pa.float64()),
     ("device", pa.string()), ("git_commit", pa.string()), ("lossbench_version", pa.string()),
-    ("torch_version", pa.string()), ("finished_at", pa.string()),
+    ("torch_version", pa.string()), ("finished_at", pa.string()), ("spec_key", pa.string()),
 ])
+OPTIONAL_RUN_COLUMNS = frozenset({"spec_key"})
+"""Columns older tables lack: read as empty (``lossbench tables --rebuild`` fills them)."""
 CURVE_SCHEMA = pa.schema([
     ("run_key", pa.string()), ("task", pa.string()), ("loss", pa.string()),
     ("loss_params", pa.string()), ("seed", pa.int64()), ("metric", pa.string()),
@@ -168,7 +171,15 @@ def run_fields(rec: Mapping[str, Any]) -> dict[str, Any]:
         "lossbench_version": _text(versions.get("lossbench")),
         "torch_version": _text(versions.get("torch")),
         "finished_at": _text(rec.get("finished_at")),
+        "spec_key": spec_key(cfg.get("spec") or {}),
     }
+
+
+def spec_key(spec: Mapping[str, Any]) -> str:
+    """sha256[:16] of a resolved task spec: which runs share a setting (a suite's columns find
+    their runs by it), whatever their loss, seed or numerics."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -953,13 +964,18 @@ def read_table_file(path: Path, schema: pa.Schema, columns: Sequence[str] | None
         raise UserError(f"table file '{path}' is unreadable ({type(err).__name__}: "
                         f"{_first_line(err)})") from None
     present = list(frame.columns) if frame is not None else table.column_names
-    missing = [c for c in names if c not in present]
+    missing = [c for c in names if c not in present and c not in OPTIONAL_RUN_COLUMNS]
     if missing:
         what = "runs" if "status" in schema.names else "curves"
         raise UserError(f"'{path}' is not a lossbench {what} table: missing columns "
                         f"{', '.join(missing)}")
+    absent = [c for c in names if c not in present]
     if frame is not None:
+        frame = frame.assign(**{c: "" for c in absent})
         table = pa.Table.from_pandas(frame[names].replace({"": None}), preserve_index=False)
+    else:
+        for c in absent:
+            table = table.append_column(c, pa.array([""] * table.num_rows, pa.string()))
     fields = pa.schema([schema.field(c) for c in names])
     try:
         return table.select(names).cast(fields)

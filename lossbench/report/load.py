@@ -21,9 +21,9 @@ from lossbench.engine.store import CURVE_COLUMNS, RUN_COLUMNS, Store
 from lossbench.engine.tables import RUN_SCHEMA, read_table_file
 from lossbench.errors import UserError, require
 
-TEXT_COLUMNS = ["task", "family", "budget", "loss", "loss_params", "status", "reason",
-                "noise_kind", "device", "git_commit", "lossbench_version", "torch_version",
-                "finished_at"]
+TEXT_COLUMNS = ["spec_key", "task", "family", "budget", "loss", "loss_params", "status",
+                "reason", "noise_kind", "device", "git_commit", "lossbench_version",
+                "torch_version", "finished_at"]
 SUFFIXES = (".parquet", ".csv")
 
 
@@ -51,7 +51,7 @@ def _no_runs(path: Path) -> str:
 
 def _clean(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     require(len(table) > 0, f"'{source}' holds no runs")
-    table = table[RUN_COLUMNS].copy()
+    table = table.reindex(columns=RUN_COLUMNS).copy()
     for col in TEXT_COLUMNS:  # CSV turns empty strings (e.g. CE's loss_params) into missing
         table[col] = table[col].fillna("").astype(str)
     table["seed"] = table["seed"].astype(int)
