@@ -59,9 +59,7 @@ def run(
         device=device, force=force, workers=str(workers), threads=threads, pack=str(pack))
     for _ in execute(grid):
         pass
-    runs = grid.store.write_tables()
-    keys = {c.key for c in grid.configs}
-    return runs[runs["run_key"].isin(keys)].reset_index(drop=True)
+    return grid.store.tables.runs_frame(keys={c.key for c in grid.configs})
 
 
 def _toml(value: object) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from lossbench.commands import aggregate, catalogue, data, inspect, reports, run
+from lossbench.commands import aggregate, catalogue, data, inspect, reports, run, tables
 
 
 def _no_help_metavar(command: Any, ctx: Any) -> Any:
@@ -43,7 +43,7 @@ app.add_typer(data_app, name="data")
 for name, command in [
     ("run", run.run), ("runs", inspect.runs), ("show", inspect.show),
     ("compare", reports.compare), ("leaderboard", reports.leaderboard), ("plot", reports.plot),
-    ("gate", reports.gate), ("aggregate", aggregate.aggregate),
+    ("gate", reports.gate), ("aggregate", aggregate.aggregate), ("tables", tables.tables),
 ]:
     app.command(name, cls=Command)(command)
 list_app.command("losses", cls=Command)(catalogue.list_losses)

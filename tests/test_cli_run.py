@@ -124,7 +124,7 @@ def test_divergence_ends_the_run_not_the_grid(tmp_path: Path) -> None:
     records = Store(tmp_path).records()
     assert len(records) == 2 and {r["status"] for r in records} == {"diverged"}
     assert "non-finite" in records[0]["reason"]
-    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert set(runs["status"]) == {"diverged"}
 
 

@@ -275,7 +275,7 @@ def test_diabetes_smoke_runs_every_regression_loss(tmp_path: Path) -> None:
             assert 0.0 <= m["test_coverage"] <= 100.0 and m["test_width"] > 0
             assert rec["info"]["interval_level"] == pytest.approx(0.9)
         assert len(rec["curves"]["val_rmse"]) == 3 and rec["info"]["split"] == 0
-    table = pd.read_csv(out / "runs.csv")
+    table = pd.read_parquet(out / "runs.parquet")  # a folder of segments, read as one table
     assert {"test_rmse@best_val", "test_coverage@best_val"} <= set(table["metric"])
 
 

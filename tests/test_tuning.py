@@ -163,3 +163,45 @@ def test_run_suite_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert code == 0 and "tiny" in text
     code, text = _invoke("run", "--budget", "smoke", "--out", str(tmp_path / "o2"))
     assert code == 2 and "no --task or --suite given" in text
+
+
+def test_suite_leaderboard_of_tuned_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossbench import suites
+
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(
+        'description = "two noise rates"\nlosses = ["ce", "gce"]\n'
+        '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.6"\n'
+        'set = ["noise.kind=symmetric", "noise.rate=0.6"]\n'
+        '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.2"\n'
+        'set = ["noise.kind=symmetric", "noise.rate=0.2"]\n')
+    monkeypatch.setattr(suites, "suite_dirs", lambda: [folder])
+    out = tmp_path / "out"
+    grid = ["--budget", "smoke", "--device", "cpu", "--seeds", "0,1", "--set",
+            "train.epochs=1", "--out", str(out)]
+    code, text = _invoke("run", "--suite", "tiny", "--tune", "--space", "gce.q=0.3,0.7",
+                         "--set", "noise.rate=0.6", *grid)
+    assert code == 0, text  # --set applies after the settings: both become rate 0.6 (one setting)
+    code, text = _invoke("run", "--suite", "tiny", "--tune", "--space", "gce.q=0.3,0.7", *grid)
+    assert code == 0, text
+    with (folder / "tiny.toml").open("a") as suite_file:  # a setting added after the runs
+        suite_file.write('[[setting]]\ntask = "digits-noisy"\nlabel = "not run"\n'
+                         'set = ["noise.kind=symmetric", "noise.rate=0.4"]\n')
+    md = tmp_path / "tiny.md"
+    code, text = _invoke("leaderboard", str(out), "--suite", "tiny", "--tuned", "--out", str(md))
+    assert code == 2 and "pass the same --set overrides" in text  # made with train.epochs=1
+    code, text = _invoke("leaderboard", str(out), "--suite", "tiny", "--tuned", "--out", str(md),
+                         "--set", "train.epochs=1")
+    assert code == 0, text
+    table = md.read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert header.index("sym 0.6") < header.index("sym 0.2")  # the suite's order
+    assert "Settings without runs: not run" in table
+    rows = [line.split("|")[1].strip() for line in table.splitlines()
+            if line.startswith("| ce") or line.startswith("| gce")]
+    assert rows == ["ce", "gce"] or rows == ["gce", "ce"]  # one row per loss, tuned
+    code, text = _invoke("compare", str(out), "--tuned", "--format", "csv")
+    assert code == 0 and "gce:" not in text
+    code, text = _invoke("leaderboard", str(out), "--set", "noise.rate=0.1")
+    assert code == 2 and "--set goes with --suite" in text

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from lossbench.engine.grid import RunConfig
     from lossbench.families.base import Reporter
 
+SUMMARY_COLUMNS = ["task", "family", "loss", "loss_params", "status"]
+"""What ``print_summary`` reads of the runs table (with run_key, metric and value)."""
 EXIT_ALL_FAILED = 1
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -271,12 +273,12 @@ def run(
                     console.print(f"[yellow]{record['status']}[/]: {record['run_key']} "
                                   f"({record.get('reason', '')})", highlight=False)
     except KeyboardInterrupt:
-        store.write_tables()
         errors.print(f"interrupted: {plural(len(statuses), 'finished run')} this time "
                      f"{'is' if len(statuses) == 1 else 'are'} saved in {out}; run the same "
                      "command again to resume.", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    runs = store.write_tables()
+    from lossbench.families import FAMILIES
+
     keys = {c.key for c in configs}
     if tune:
         from lossbench.tuning import select
@@ -284,8 +286,15 @@ def run(
         choices = select(configs, store, tune_metric)
         print_tuning(choices, configs)
         keys = {k for c in choices for k in c["chosen_keys"]}
-    print_summary(runs[runs["run_key"].isin(keys)], "tuned results" if tune else "results")
-    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'runs.csv'}", highlight=False)
+    families = {c.family for c in configs}
+    shown = {m for f in families for m in FAMILIES.get(f).tags.get("summary", ())}
+    print_summary(store.tables.runs_frame(shown, keys, SUMMARY_COLUMNS),
+                  "tuned results" if tune else "results")
+    if store.tables_problem:
+        console.print(f"[yellow]warning[/]: tables not updated ({store.tables_problem}); "
+                      "reports add the missing rows from the records", highlight=False)
+    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'curves.parquet'} (`lossbench "
+                  f"tables {out} --export` writes runs.csv)", highlight=False)
     failed = statuses.count("failed")
     if failed:
         console.print(f"[red]{failed} of {plural(len(statuses), 'run')} failed[/]; `lossbench "

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any
 
 from lossbench import plugins
@@ -55,13 +56,18 @@ class RunConfig:
                 del config[name]
         return config
 
-    @property
+    @cached_property
     def key(self) -> str:
-        config = self.as_dict()
-        config.pop("task_file", None)
-        if "loss_source" in config:  # the code's identity, not where it lies
-            config["loss_source"] = {k: config["loss_source"][k] for k in ("spec", "sha256")}
-        return run_key(config)
+        """``run_key`` of ``as_dict()`` without ``task_file`` and with only a plug-in's identity
+        (``spec``, ``sha256``: the code, not where it lies), computed faster: the spec (shared by
+        a task's configs) is serialised once, not deep-copied and serialised per config."""
+        config = {f.name: getattr(self, f.name) for f in fields(self)} | {"spec": _SPEC_SLOT}
+        del config["task_file"]
+        if self.loss_source is None:
+            del config["loss_source"]
+        else:
+            config["loss_source"] = {k: self.loss_source[k] for k in ("spec", "sha256")}
+        return _digest(_canonical(config).replace(_SPEC_SLOT_TEXT, _spec_text(self.spec), 1))
 
     @property
     def label(self) -> str:
@@ -70,8 +76,30 @@ class RunConfig:
 
 
 def run_key(config: Mapping[str, Any]) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return _digest(_canonical(config))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_SPEC_SLOT = "\x00spec\x00"  # no field holds a NUL character: a unique placeholder
+_SPEC_SLOT_TEXT = _canonical(_SPEC_SLOT)
+_SPEC_TEXTS: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """``_canonical(spec)``, once per spec object (held, so its id is not reused)."""
+    hit = _SPEC_TEXTS.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_SPEC_TEXTS) > 256:
+            _SPEC_TEXTS.clear()
+        hit = _SPEC_TEXTS[id(spec)] = (spec, _canonical(spec))
+    return hit[1]
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

@@ -75,14 +75,14 @@ def plan(
     from lossbench.commands.common import check_writable_dir
     from lossbench.engine.executors import EXECUTORS, pack_groups, pack_size
     from lossbench.engine.grid import expand
-    from lossbench.engine.store import FINISHED, Store
+    from lossbench.engine.store import Store
     from lossbench.engine.train import device_type
 
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
     require(threads >= 1, f"--threads must be >= 1, got {threads}")
     resolve_workers(workers, threads, 1)  # a bad value fails before anything else
-    size = pack_size(pack, device)
+    pack_size(pack, device)  # a bad value fails before anything else
     options: dict[str, Any] = {"pack": pack}
     if executor == "ray":
         options |= {"address": address, "gpus_per_run": gpus_per_run}
@@ -92,11 +92,10 @@ def plan(
     configs = expand(losses, tasks, seeds, budget, overrides, dev_type, threads)
     require(bool(configs), "the grid is empty; check --loss, --task and --seeds")
     store = Store(out)
-    finished = {} if force else {
-        r["run_key"]: r for r in store.records() if r.get("status") in FINISHED}
+    finished = {} if force else store.finished()  # from the tables: no record is parsed twice
     todo = [c for c in configs if c.key not in finished]
     reused = [finished[c.key] for c in configs if c.key in finished]
-    groups = len(pack_groups(todo, size)) if size > 1 else len(todo)
+    groups = len(pack_groups(todo, pack, device))
     n_workers = resolve_workers(workers, threads, max(1, groups))
     return Plan(configs, todo, reused, store, n_workers, device, executor, options,
                 list(getattr(store, "unreadable", [])))
@@ -111,5 +110,5 @@ def execute(plan: Plan, make_reporter: Callable[[RunConfig], Reporter] | None = 
     reporter = make_reporter if plan.in_process else None
     for record in EXECUTORS[plan.executor](plan.todo, plan.device, plan.workers, reporter,
                                            **plan.options):
-        plan.store.write(record)
+        plan.store.save(record)  # the record, then its rows in the tables
         yield record

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from torch import nn
 
@@ -37,7 +37,15 @@ INITS: dict[str, Callable[[nn.Linear], None]] = {
 ``xavier-normal`` is the LDR code's ``_weights_init`` (Glorot & Bengio 2010)."""
 
 
-@MODELS.register("mlp")
+def _mlp_cpu_pack(options: Mapping[str, Any]) -> int:
+    """``--pack auto`` on a CPU: 32 for MLPs a few dozen units wide (the LDR paper's min(d, K)
+    tabular nets pack at 2.1x the runs/hour of one by one), else 1 (a 512-wide digits MLP
+    packed at 0.71x; benchmarks/RESULTS.md)."""
+    narrow = options.get("hidden_rule") == "min-in-out" or int(options.get("hidden", 256)) <= 64
+    return 32 if narrow else 1
+
+
+@MODELS.register("mlp", cpu_pack=_mlp_cpu_pack)
 def mlp(
     in_shape: tuple[int, ...], out_dim: int, hidden: int = 256, depth: int = 2,
     dropout: float = 0.0, activation: Literal["relu", "tanh"] = "relu",
