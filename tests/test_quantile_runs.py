@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -17,6 +16,7 @@ from lossbench.cli import app
 from lossbench.engine.arrays import read_arrays
 from lossbench.engine.store import Store
 from lossbench.quantiles import pinball, quantile_scores, wis
+from lossbench.report.load import load_runs
 
 runner = CliRunner()
 SMOKE = ["--task", "diabetes", "--budget", "smoke", "--device", "cpu"]
@@ -143,7 +143,7 @@ def test_aggregate_cli(members: tuple[Path, Path], tmp_path: Path) -> None:
     keys = sorted(r["run_key"] for r in records)
     assert runner.invoke(app, args).exit_code == 0  # the same members: the same keys
     assert sorted(Store(out).run_keys()) == keys
-    table = pd.read_csv(out / "runs.csv")
+    table = load_runs([out])  # the tidy tables (runs.csv is written only on --export)
     rows = table[(table["loss"] == "aggregate") & (table["metric"] == "test_wis")]
     assert set(rows["loss_params"]) == {"members=2,method=median", "members=2,method=weighted"}
     report = runner.invoke(app, ["compare", *map(str, members), str(out), "--metric",

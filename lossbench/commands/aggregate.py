@@ -81,7 +81,7 @@ def aggregate(
     console.print(table)
     target.write_tables()
     notes = [f"{plural(len(groups) * len(methods), 'aggregate record')} written to "
-             f"{target.records_dir}; tidy tables rebuilt in {target.root}"]
+             f"{target.records_dir}; tidy tables brought up to date in {target.root}"]
     if without:
         notes.append(f"{plural(without, 'finished regression run')} without saved quantile "
                      "predictions skipped (another loss, or trained before predictions were saved)")
