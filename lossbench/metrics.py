@@ -30,9 +30,14 @@ def top_k(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
     """ECE in percent with equal-width confidence bins (Guo et al., ICML 2017, Eq. 3)."""
     conf, pred = probs.max(dim=1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
-    ece = torch.zeros((), device=probs.device)
+    return confidence_ece(conf, (pred == y).float(), bins)
+
+
+def confidence_ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE in percent from each prediction's confidence and correctness (0/1), for callers that
+    never hold the whole probability matrix (language models score tokens chunk by chunk)."""
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
+    ece = torch.zeros((), device=conf.device)
     for lo, hi in itertools.pairwise(edges):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
