@@ -35,9 +35,8 @@ if not CUDA:
 def load_package() -> types.ModuleType:
     """``cut_cross_entropy``, with the interpreter shim on CPU."""
     if not CUDA:
-        import triton.language as tl
-
         import cut_cross_entropy.tl_utils as utils
+        import triton.language as tl
 
         utils.tl_libdevice = types.SimpleNamespace(log1p=lambda a: tl.log(1.0 + a),
                                                    tanh=None)

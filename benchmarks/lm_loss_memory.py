@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from timing import interleaved
 
-from lossbench.losses.lm import cut_cross_entropy
+from lossbench.losses.lm import TILE, cut_cross_entropy
 from lossbench.memory import peak_bytes
 
 MB = 2**20
@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--vocab", default="4096,16384,32768,65536,131072,262144")
-    parser.add_argument("--token-block", type=int, default=2048)
-    parser.add_argument("--vocab-block", type=int, default=4096)
+    parser.add_argument("--token-block", type=int, default=TILE)
+    parser.add_argument("--vocab-block", type=int, default=TILE)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-gb", type=float, default=6.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -148,7 +149,7 @@ def cached_bpe(train: str, vocab_size: int) -> tuple[Any, str, Path]:
     tokenizer = train_bpe(train, vocab_size)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{key}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tokenizer.save(str(tmp))
         tmp.replace(path)
     except OSError:

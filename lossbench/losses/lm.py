@@ -107,8 +107,13 @@ class CutCrossEntropyFunction(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None
 
 
-def cut_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, token_block: int = 2048,
-                      vocab_block: int = 4096, filter_eps: float = 0.0,
+TILE = 1024
+"""Default tile side (tokens and vocabulary): 4 MiB of float32 logits. On a CPU, smaller tiles
+were as fast and larger ones slower (benchmarks/RESULTS.md, lm section)."""
+
+
+def cut_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, token_block: int = TILE,
+                      vocab_block: int = TILE, filter_eps: float = 0.0,
                       stats: dict[str, int] | None = None) -> Tensor:
     """Per-token cross-entropy of ``hidden @ weight.T`` without the [N, V] logits (see
     ``CutCrossEntropyFunction``)."""
@@ -139,7 +144,7 @@ class CutCrossEntropy(HiddenStateLoss):
     change speed and memory, never the values beyond rounding.
     """
 
-    def __init__(self, token_block: int = 2048, vocab_block: int = 4096,
+    def __init__(self, token_block: int = TILE, vocab_block: int = TILE,
                  filter_eps: float = 0.0) -> None:
         super().__init__()
         _check(token_block >= 1 and vocab_block >= 1,
