@@ -358,3 +358,13 @@ def test_lm_logits_losses_match_ce_adapter() -> None:
     torch.testing.assert_close(ce, cce)
     torch.testing.assert_close(ce, F.cross_entropy(h.reshape(10, 4) @ w.T, y.reshape(10),
                                                    reduction="none"))
+
+
+@pytest.mark.parametrize(("metric", "higher"), [
+    ("test_bpc", False), ("test_ppl@best_val", False), ("test_ce", False), ("rep_4", False),
+    ("loss_peak_mb", False), ("test_ece", False), ("distinct_4", True), ("test_pass@16", True),
+    ("test_acc@best_val", True), ("tokens_per_s", True)])
+def test_reports_rank_lm_metrics_the_right_way(metric: str, higher: bool) -> None:
+    from lossbench.report.stats import higher_is_better
+
+    assert higher_is_better(metric) is higher

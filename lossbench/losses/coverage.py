@@ -60,8 +60,10 @@ def coverage_loss(z: Tensor, target: Tensor, n: int) -> Tensor:
 class DirectCoverage(Loss):
     """Direct Coverage Optimization: -log pass@N = -log(1 - (1 - p_y)^N).
 
-    The paper's coverage loss for one example, ``L_cov^N = -log(1 - (1 - p(y|x))^N)`` (Sec. 4,
-    DCO), minimised directly. Its gradient is CE's scaled by the confidence factor
+    The paper's coverage loss for one example, ``L_cov^N = -log(1 - (1 - p(y|x))^N)``,
+    minimised directly (its Direct Coverage Optimization; the equation number could not be
+    checked from here, only the paper's abstract and its authors' blog post were reachable).
+    Its gradient is CE's scaled by the confidence factor
     ``F(N, p) = N p (1 - p)^(N-1) / (1 - (1 - p)^N)``: 1 for N = 1 (DCO is CE) and falling to
     0 as ``p_y -> 1`` for N > 1, so an example stops being pushed once N samples would cover it
     (the paper's "limiting confidence"). Here ``p`` is the softmax probability of the label;

@@ -131,17 +131,18 @@ def cut_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, token_bloc
 class CutCrossEntropy(HiddenStateLoss):
     """Cut Cross-Entropy: CE from hidden states and the head without materialising the logits.
 
-    ``CE_i = log sum_v exp(c_v . e_i) - c_{x_i} . e_i`` (the paper's Sec. 4 decomposition into
-    an indexed matrix multiplication and a linear-log-sum-exp), computed over token x
+    ``CE_i = log sum_v exp(c_v . e_i) - c_{x_i} . e_i``: the paper's split of CE into an
+    indexed matrix multiplication (the target logit) and a linear-log-sum-exp (Sec. 4 of the
+    paper; the equation numbers could not be checked from here), computed over token x
     vocabulary tiles: forward, an online log-sum-exp per token; backward, each tile's softmax
-    recomputed from the saved log-sum-exp and its contribution to both gradients accumulated
-    (Sec. 4.2, the blockwise backward). Values and gradients are those of CE on the
-    materialised logits (to float rounding). ``filter_eps > 0`` is the paper's gradient
-    filtering (Sec. 4.3): tiles whose softmax entries are all below ``filter_eps`` are skipped
-    in the backward; 0 (default) is exact. The paper uses 2^-12 for bf16; the
-    ``cut-cross-entropy`` package's "high" setting is ``finfo(dtype).eps / 32``. The paper's
-    vocabulary sorting (which makes filtering skip more tiles) is not done here. Tile sizes
-    change speed and memory, never the values beyond rounding.
+    recomputed from the saved log-sum-exp and its contribution to both gradients accumulated,
+    as the paper's blockwise backward pass does. Values and gradients are those of CE on the
+    materialised logits (to float rounding; checked against the ``cut-cross-entropy`` package
+    by ``benchmarks/cce_crosscheck.py``). ``filter_eps > 0`` is the paper's gradient
+    filtering: tiles whose softmax entries are all below ``filter_eps`` are skipped in the
+    backward; 0 (default) is exact. The package's "high" setting is ``finfo(dtype).eps / 32``
+    (2^-12 for bf16). The paper's vocabulary sorting (which makes filtering skip more tiles)
+    is not done here. Tile sizes change speed and memory, never the values beyond rounding.
     """
 
     def __init__(self, token_block: int = TILE, vocab_block: int = TILE,
