@@ -20,8 +20,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 from timing import interleaved
 
 from lossbench.losses.lm import TILE, cut_cross_entropy
@@ -65,6 +63,10 @@ def row(n: int, v: int, d: int, blocks: tuple[int, int], repeats: int, max_gb: f
             f"{cce_mb / ce_mb:.3f}", f"{ce_s:.3f}", f"{cce_s:.3f}", f"{cce_s / ce_s:.2f}"]
 
 
+HEADER = ("tokens", "vocab", "CE MB", "CCE MB", "CCE - grads MB", "CCE/CE mem", "CE s",
+          "CCE s", "CCE/CE time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=128)
@@ -80,15 +82,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     blocks = (args.token_block, args.vocab_block)
-    table = Table("tokens", "vocab", "CE MB", "CCE MB", "CCE - grads MB", "CCE/CE mem",
-                  "CE s", "CCE s", "CCE/CE time",
-                  title=f"LM loss forward + backward, D = {args.dim}, float32, {device.type}, "
-                        f"{args.threads} thread(s); CCE tiles {blocks[0]} x {blocks[1]}; "
-                        f"median of {args.repeats}")
+    # Markdown, a row as soon as it is measured (the large cells take minutes on a CPU).
+    print(f"LM loss forward + backward, D = {args.dim}, float32, {device.type}, "
+          f"{args.threads} thread(s); CCE tiles {blocks[0]} x {blocks[1]}; median of "
+          f"{args.repeats}\n")
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER), flush=True)
     for n in (int(t) for t in args.tokens.split(",")):
         for v in (int(t) for t in args.vocab.split(",")):
-            table.add_row(*row(n, v, args.dim, blocks, args.repeats, args.max_gb, device))
-    Console(width=140).print(table)
+            cells = row(n, v, args.dim, blocks, args.repeats, args.max_gb, device)
+            print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
