@@ -5,6 +5,7 @@ shortens it; the table says so). Each configuration runs the whole grid into a f
 
     python benchmarks/grid_throughput.py [--epochs 150] [--seeds 0,1,2] [--configs 1x1,2x1,1x8]
         [--device cpu|cuda]   (on a GPU: --configs 1x1,1x4,1x16,1xauto)
+        [--task letter-noisy --budget paper --seeds 0 --tune-points --loss ce --loss ldr ...]
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from rich.table import Table
 from lossbench.engine.executors import run_local
 from lossbench.engine.grid import expand, parse_seeds
 from lossbench.engine.store import Store
+from lossbench.tuning import tuned_specs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="digits-noisy")
+    parser.add_argument("--loss", action="append", default=None,
+                        help="loss spec (repeat; default: all); --tune-points expands spaces")
+    parser.add_argument("--tune-points", action="store_true",
+                        help="every point of each loss's declared search space (as --tune)")
     parser.add_argument("--budget", default="quick")
     parser.add_argument("--epochs", type=int, default=0, help="override train.epochs (0: keep)")
     parser.add_argument("--seeds", default="0,1,2")
@@ -32,10 +38,13 @@ def main() -> None:
                         help="comma list of WORKERSxPACK (PACK may be auto)")
     args = parser.parse_args()
     overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
-    configs = expand(["all"], [args.task], parse_seeds(args.seeds), args.budget, overrides)
+    losses = args.loss or ["all"]
+    if args.tune_points:
+        losses = tuned_specs(losses, [], None)
+    configs = expand(losses, [args.task], parse_seeds(args.seeds), args.budget, overrides)
     epochs = configs[0].spec["train"]["epochs"]
     table = Table("workers", "pack", "runs", "wall s", "runs/hour", "vs 1x1",
-                  title=f"{args.task} {args.budget} ({epochs} epochs), --loss all, "
+                  title=f"{args.task} {args.budget} ({epochs} epochs), {len(losses)} losses, "
                         f"seeds {args.seeds}, {args.device}")
     base = None
     for item in args.configs.split(","):

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from lossbench.commands import catalogue, inspect, reports, run
+from lossbench.commands import catalogue, data, inspect, reports, run, tables
 
 
 def _no_help_metavar(command: Any, ctx: Any) -> Any:
@@ -35,17 +35,22 @@ def _app(help_text: str) -> typer.Typer:
 
 app = _app("Which loss should I train with, for this task, under these conditions? lossbench "
            "runs the loss x task x seed grid and reports it.")
-list_app = _app("List the catalogue: losses or tasks.")
+list_app = _app("List the catalogue: losses, tasks or suites.")
 app.add_typer(list_app, name="list")
+data_app = _app("Data sets: where they are, whether intact, how to get them.")
+app.add_typer(data_app, name="data")
 
 for name, command in [
     ("run", run.run), ("runs", inspect.runs), ("show", inspect.show),
     ("compare", reports.compare), ("leaderboard", reports.leaderboard), ("plot", reports.plot),
-    ("gate", reports.gate),
+    ("gate", reports.gate), ("tables", tables.tables),
 ]:
     app.command(name, cls=Command)(command)
 list_app.command("losses", cls=Command)(catalogue.list_losses)
 list_app.command("tasks", cls=Command)(catalogue.list_tasks)
+list_app.command("suites", cls=Command)(catalogue.list_suites)
+data_app.command("list", cls=Command)(data.list_data)
+data_app.command("get", cls=Command)(data.get_data)
 
 
 def main() -> None:

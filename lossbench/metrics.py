@@ -14,8 +14,6 @@ they can be checked against ``sklearn.metrics``:
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 
@@ -28,39 +26,51 @@ def top_k(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
-    """ECE in percent with equal-width confidence bins (Guo et al., ICML 2017, Eq. 3)."""
+    """ECE in percent with equal-width confidence bins (Guo et al., ICML 2017, Eq. 3).
+
+    Bin ``b`` holds the confidences in ``(b / bins, (b + 1) / bins]``. The weighted gap
+    ``sum_b (n_b / n) |conf_b - acc_b|`` is ``sum_b |S_b - A_b| / n`` with ``S_b``, ``A_b`` the
+    bin's sums of confidence and of correctness, so one ``bucketize`` and two ``bincount`` do it
+    (no per-bin loop; sums in float64).
+    """
     conf, pred = probs.max(dim=1)
-    return confidence_ece(conf, (pred == y).float(), bins)
+    return confidence_ece(conf, pred == y, bins)
 
 
 def confidence_ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    """ECE in percent from each prediction's confidence and correctness (0/1), for callers that
-    never hold the whole probability matrix (language models score tokens chunk by chunk)."""
+    """ECE in percent from each prediction's confidence and correctness (bool or 0/1), for
+    callers that never hold the whole probability matrix (language models score tokens chunk by
+    chunk). Same equal-width bins and ``bucketize`` + ``bincount`` sums as
+    :func:`expected_calibration_error`."""
     edges = torch.linspace(0, 1, bins + 1, device=conf.device)
-    ece = torch.zeros((), device=conf.device)
-    for lo, hi in itertools.pairwise(edges):
-        in_bin = (conf > lo) & (conf <= hi)
-        if in_bin.any():
-            ece += in_bin.float().mean() * (conf[in_bin].mean() - correct[in_bin].mean()).abs()
-    return 100.0 * ece.item()
+    which = torch.bucketize(conf, edges) - 1  # edges[b] < conf <= edges[b + 1] -> b
+    inside = (which >= 0) & (which < bins)
+    return _binned_gap(which[inside], conf[inside], correct[inside], bins, len(conf))
 
 
 def adaptive_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
     """Adaptive ECE in percent: ``bins`` equal-mass bins of the sorted confidences.
 
     Nguyen & O'Connor, EMNLP 2015 (equal-mass binning); Mukhoti et al., NeurIPS 2020 (AdaECE).
-    Bin sizes differ by at most one (``torch.tensor_split`` of the sorted examples), so every
-    bin holds about N / bins examples however the confidences cluster near 1.
+    Bin sizes differ by at most one, as ``torch.tensor_split`` cuts the sorted examples (the
+    first ``n % bins`` bins hold one more), so every bin holds about N / bins examples however
+    the confidences cluster near 1.
     """
     conf, pred = probs.max(dim=1)
     order = conf.argsort()
-    conf, correct = conf[order], (pred[order] == y[order]).float()
     n = len(conf)
-    gap = torch.zeros((), dtype=torch.float64, device=probs.device)
-    for c, a in zip(conf.tensor_split(bins), correct.tensor_split(bins), strict=True):
-        if len(c):
-            gap += len(c) / n * (c.double().mean() - a.double().mean()).abs()
-    return 100.0 * gap.item()
+    sizes = torch.full((bins,), n // bins, device=probs.device)
+    sizes[: n % bins] += 1
+    which = torch.repeat_interleave(torch.arange(bins, device=probs.device), sizes)
+    return _binned_gap(which, conf[order], pred[order] == y[order], bins, n)
+
+
+def _binned_gap(which: torch.Tensor, conf: torch.Tensor, correct: torch.Tensor, bins: int,
+                n: int) -> float:
+    """``100 * sum_b |sum of conf in b - sum of correct in b| / n`` (float64 sums per bin)."""
+    conf_sum = torch.bincount(which, weights=conf.double(), minlength=bins)
+    hit_sum = torch.bincount(which, weights=correct.double(), minlength=bins)
+    return 100.0 * ((conf_sum - hit_sum).abs().sum() / max(n, 1)).item()
 
 
 def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:

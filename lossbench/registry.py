@@ -150,6 +150,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._added: dict[str, Entry[T]] = {}
 
     def register(self, name: str, **tags: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
@@ -161,10 +162,17 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def add(self, entry: Entry[T]) -> None:
+        """Make a ready-made entry (a plug-in) findable by ``get``, replacing one of the same
+        name; it stays out of ``names`` and iteration, which list the registered catalogue."""
+        self._added[entry.name] = entry
+
     def get(self, name: str) -> Entry[T]:
-        if name not in self._entries:
-            raise UserError(f"unknown {self.kind} '{name}'; accepted: {', '.join(self.names())}")
-        return self._entries[name]
+        if name in self._entries:
+            return self._entries[name]
+        if name in self._added:
+            return self._added[name]
+        raise UserError(f"unknown {self.kind} '{name}'; accepted: {', '.join(self.names())}")
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -180,10 +188,15 @@ def parse_spec(text: str) -> tuple[str, dict[str, str]]:
     """Split ``name:key=value,key=value`` into the name and its raw string parameters."""
     name, _, rest = text.strip().partition(":")
     require(bool(name), f"empty spec {text!r}; expected name or name:key=value,...")
+    return name, parse_params(rest, text)
+
+
+def parse_params(rest: str, text: str) -> dict[str, str]:
+    """``key=value,key=value`` (the part of spec ``text`` after the name) -> raw parameters."""
     params: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         require(bool(eq) and bool(key), f"bad parameter {item!r} in {text!r}; expected key=value")
         require(key.strip() not in params, f"parameter '{key.strip()}' given twice in {text!r}")
         params[key.strip()] = value.strip()
-    return name, params
+    return params

@@ -1,5 +1,10 @@
 """Task specs: TOML files in ``tasks/``; a task name is its file name.
 
+Tasks from outside the package: ``--task path/to/task.toml`` (named after the file's stem), the
+folders of ``$LOSSBENCH_TASKS`` (``os.pathsep``-separated, searched after the built-in
+``tasks/``) and the ``lossbench.tasks`` entry points of installed packages (searched last; each
+names an object that is the path of a TOML file; the task is named after the entry point).
+
 Resolution order: the file's base tables, then its ``[budget.<tier>]`` overlay, then ``--set``
 overrides. The resolved dict is what a run stores and hashes, so two runs with the same resolved
 spec, loss, params and seed are the same run.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -28,24 +34,96 @@ def tasks_dirs() -> list[Path]:
     return [d for d in (here / "tasks", here.parent / "tasks") if d.is_dir()]
 
 
+TASKS_ENV = "LOSSBENCH_TASKS"
+TASK_GROUP = "lossbench.tasks"
+
+
+def search_dirs() -> list[Path]:
+    """The built-in task folders, then those of ``$LOSSBENCH_TASKS`` (read at each call, so a
+    change of the variable counts at once); an earlier folder wins a name."""
+    extra = [Path(p).expanduser() for p in os.environ.get(TASKS_ENV, "").split(os.pathsep)
+             if p.strip()]
+    return [*tasks_dirs(), *(d for d in extra if d.is_dir())]
+
+
 @cache
-def _task_files() -> dict[str, Path]:
+def _task_files(dirs: tuple[Path, ...]) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    for folder in reversed(tasks_dirs()):
+    for folder in reversed(dirs):
         files.update({p.stem: p for p in sorted(folder.glob("*.toml"))})
     return files
 
 
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=TASK_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
 def task_names() -> list[str]:
-    return sorted(_task_files())
+    return sorted(set(_task_files(tuple(search_dirs()))) | set(_entry_points()))
+
+
+def is_task_path(name: str) -> bool:
+    """A ``--task`` value that names a file rather than a task: it ends in .toml or has a '/'."""
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
+def task_name(name: str) -> str:
+    """The name a task's runs carry: a task file's stem, else the name itself."""
+    return Path(name).stem if is_task_path(name) else name
+
+
+def locate_task(name: str) -> Path:
+    """The TOML file of a task name or path (built-in folders, ``$LOSSBENCH_TASKS``, entry
+    points), or a UserError saying what was looked for."""
+    if is_task_path(name):
+        path = Path(name).expanduser()
+        require(path.suffix == ".toml", f"task path '{name}' does not end in .toml; a task is a "
+                                        "name (see `lossbench list tasks`) or a .toml file")
+        require(path.is_file(), f"no task file '{name}'"
+                + (" (it is a folder)" if path.is_dir() else ""))
+        return path.resolve()
+    files = _task_files(tuple(search_dirs()))
+    if name in files:
+        return files[name]
+    ep = _entry_points().get(name)
+    if ep is not None:
+        return _entry_point_path(ep)
+    missing = [p for p in os.environ.get(TASKS_ENV, "").split(os.pathsep)
+               if p.strip() and not Path(p).expanduser().is_dir()]
+    note = f" (${TASKS_ENV} names missing folder(s): {', '.join(missing)})" if missing else ""
+    raise UserError(f"unknown task '{name}'; accepted: {', '.join(task_names())}{note}")
+
+
+def _entry_point_path(ep: Any) -> Path:
+    where = f"task entry point '{ep.name} = {ep.value}'"
+    try:
+        obj = ep.load()
+    except (Exception, SystemExit) as err:
+        raise UserError(f"{where}: loading it raised {type(err).__name__}: "
+                        f"{' '.join(str(err).split())}") from None
+    require(isinstance(obj, str | os.PathLike), f"{where}: it is a {type(obj).__name__}; a "
+                                               "task entry point names the path of a .toml file")
+    path = Path(os.fspath(obj))
+    require(path.suffix == ".toml" and path.is_file(), f"{where}: {path} is not a .toml file")
+    return path
+
+
+def outside_task_file(name: str) -> str | None:
+    """The path of a task file from outside the package (recorded with its runs); None for a
+    built-in task."""
+    path = locate_task(name)
+    builtin = any(path.resolve().parent == d.resolve() for d in tasks_dirs())
+    return None if builtin else str(path.resolve())
 
 
 def load_task(name: str) -> dict[str, Any]:
-    """The raw TOML of a task, including its budget overlays."""
-    files = _task_files()
-    if name not in files:
-        raise UserError(f"unknown task '{name}'; accepted: {', '.join(task_names())}")
-    path = files[name]
+    """The raw TOML of a task (a name or a path), including its budget overlays."""
+    path = locate_task(name)
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
@@ -104,7 +182,7 @@ def resolve_task(name: str, budget: str, overrides: Iterable[str] = ()) -> dict[
     spec = deep_merge(base, tiers[budget])
     for assignment in overrides:
         apply_override(spec, assignment)
-    spec["task"] = name
+    spec["task"] = task_name(name)
     spec["budget"] = budget
     return spec
 

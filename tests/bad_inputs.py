@@ -19,8 +19,36 @@ BAD_LOSSES = [
     "gce:q=-1", "gce:qq=1", "gce:q=0.5,q=0.6", "ldr:lambda=0", "ldr:lambda=-1",
     "ldr:lambda=abc", "focal:gamma=-1", "sce:alpha=abc", "all:x=1", "ms", "triplet",
     "mse", "gauss-nll", "aldr:lambda=0", "nce+rce:alpha=-1", "ce:reduction=sum",
+    "pkg.mod", "pkg.mod:k=1", "x.py", "x.py:", "missing.py:A", "no_such_module_xyz:A",
+    "focal:Focal", "a/b:C", "lossbench.losses:LOSSES", "lossbench.losses.base:Loss",
 ]
-BAD_TASKS = ["nope", "", ",", "digits-noisy,nope", "../tasks/digits-noisy", "DIGITS-NOISY"]
+BAD_TASKS = ["nope", "", ",", "digits-noisy,nope", "../tasks/digits-noisy", "DIGITS-NOISY",
+             "nope.toml", "tasks"]
+BAD_PLUGIN_FILE = """
+import torch
+from torch import nn
+class NoConsumes(nn.Module):
+    pass
+class Required(nn.Module):
+    consumes = "logits"
+    def __init__(self, alpha):
+        super().__init__()
+class BadHint(nn.Module):
+    consumes = "logits"
+    def __init__(self, alpha: "Undefined" = 1):
+        super().__init__()
+class Boom(nn.Module):
+    consumes = "logits"
+    def __init__(self, k: int = 0):
+        super().__init__()
+        1 / k
+class NotModule:
+    consumes = "logits"
+class Embed(nn.Module):
+    consumes = "embeddings"
+"""
+BAD_PLUGINS = ["NoConsumes", "Required", "BadHint", "Boom", "NotModule", "Embed", "Nope",
+               "Boom:k=x", "Required:alpha=1"]
 BAD_SEEDS = ["a", "5-2", "-1", "1,1", "0-", "-", "1.5", "0,,1", "1e3", "0-x"]
 BAD_SETS = [
     "noise.kind=gaussian", "noise.rate=1.5", "noise.rate=-0.1", "noise.rate=abc",
@@ -55,8 +83,13 @@ def cases(tmp: Path) -> Iterator[list[str]]:
     out = ["--out", str(tmp / "out")]
     for loss in BAD_LOSSES:
         yield ["run", "--loss", loss, *SMOKE, *out]
+    for plugin in BAD_PLUGINS:
+        yield ["run", "--loss", f"{tmp / 'plugs.py'}:{plugin}", *SMOKE, *out]
+    for broken in ("syntax.py", "raises.py"):
+        yield ["run", "--loss", f"{tmp / broken}:A", *SMOKE, *out]
     for task in BAD_TASKS:
         yield ["run", "--loss", "ce", "--task", task, "--budget", "smoke", *out]
+    yield ["run", "--loss", "ce", "--task", str(tmp / "bad.toml"), "--budget", "smoke", *out]
     for seeds in BAD_SEEDS:
         yield ["run", "--loss", "ce", *SMOKE[:-2], "--seeds", seeds, *out]
     for assignment in BAD_SETS:
@@ -122,6 +155,10 @@ def prepare(tmp: Path, runner_invoke: object) -> None:
     (tmp / "base-neg-std.csv").write_text("\n".join([head, ",".join(neg)]) + "\n")
     (tmp / "base-no-cols.csv").write_text("a,b\n1,2\n")
     (tmp / "a-file").write_text("")
+    (tmp / "plugs.py").write_text(BAD_PLUGIN_FILE)
+    (tmp / "syntax.py").write_text("def f(:\n")
+    (tmp / "raises.py").write_text("raise SystemExit('no')\n")
+    (tmp / "bad.toml").write_text("family = 'classification'\n[data\n")
     (tmp / "bad.txt").write_text("not a table")
     (tmp / "empty").mkdir()
     broken = tmp / "broken" / "records"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lossbench.data import cifar
+from lossbench.data import locate
 from lossbench.data.noise import CIFAR100_COARSE_OF, apply_noise
 from lossbench.data.sources import SOURCES
 from lossbench.errors import UserError
@@ -77,7 +77,7 @@ def load(source: str, **options: str) -> Any:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No shared data, and a hub loader that fails loudly unless a test installs its own."""
-    monkeypatch.setattr(cifar, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "no-shared-data")
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("test tried to reach the Hugging Face hub")
@@ -118,7 +118,7 @@ def test_cifar100_native_with_coarse_labels(tmp_path: Path) -> None:
 def test_shared_data_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shared = tmp_path / "shared" / "data"
     folder = write_cifar10(shared / "cifar10")
-    monkeypatch.setattr(cifar, "SHARED_DATA", shared)
+    monkeypatch.setattr(locate, "SHARED_DATA", shared)
     raw = load("cifar10")
     assert raw.meta["origin"] == f"dir:{folder}"
     assert np.array_equal(raw.y_train, train_labels(folder))

@@ -44,7 +44,9 @@ def test_run_writes_records_tables_and_resumes(tmp_path: Path) -> None:
     assert rec["versions"]["torch"] and rec["git_commit"] and rec["device"].startswith("cpu")
     assert rec["info"]["noise"]["kind"] == "symmetric"
     assert 0.3 < rec["info"]["noise"]["realised_rate"] < 0.5
-    assert len(rec["curves"]["test_top1"]) == 3
+    curves = rec["curves"]
+    assert len(curves["train_loss"]) == 3 and curves["val_epoch"] == [1, 2, 3]
+    assert curves["test_epoch"][-1] == 3 and len(curves["test_top1"]) == len(curves["test_epoch"])
     runs = pd.read_parquet(out / "runs.parquet")
     assert set(runs["metric"]) >= {"test_top1", "test_top1@best_val", "test_ece"}
     assert len(runs) == 4 * runs["metric"].nunique()
@@ -122,7 +124,7 @@ def test_divergence_ends_the_run_not_the_grid(tmp_path: Path) -> None:
     records = Store(tmp_path).records()
     assert len(records) == 2 and {r["status"] for r in records} == {"diverged"}
     assert "non-finite" in records[0]["reason"]
-    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert set(runs["status"]) == {"diverged"}
 
 

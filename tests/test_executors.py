@@ -131,10 +131,10 @@ def test_packed_image_runs_with_batchnorm_and_augmentation(
     the members' convolutions into one grouped convolution, whose float summation order differs
     (~1e-6); at the task's lr, max-pool near-ties amplify that to ~1e-3 within an epoch, so the
     test trains at a small lr, where augmentation draws still change every loss value."""
-    from lossbench.data import cifar
+    from lossbench.data import locate
     from tests.test_cifar_sources import write_cifar10
 
-    monkeypatch.setattr(cifar, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "no-shared-data")
     folder = write_cifar10(tmp_path / "data")
     grid = ["run", "--loss", "ce", "--loss", "sce", "--task", "cifar10-noisy", "--budget",
             "smoke", "--device", "cpu", "--seeds", "0,1", "--set", f"data.dir={folder}",
@@ -198,3 +198,20 @@ def test_unpackable_groups_fall_back_to_one_by_one(
     assert result.exit_code == 0, result.output
     assert len(calls) == 2
     assert {r["status"] for r in Store(tmp_path).records()} == {"ok"}
+
+
+def test_auto_packs_tiny_mlps_on_cpu_and_kfold_runs_per_fold() -> None:
+    from lossbench.engine.executors import pack_groups, pack_size
+    from lossbench.engine.grid import expand
+
+    assert pack_size("auto", "cpu", {"name": "mlp", "hidden_rule": "min-in-out"}) == 32
+    assert pack_size("auto", "cpu", {"name": "mlp", "hidden": 512}) == 1
+    assert pack_size("auto", "cpu", {"name": "strided-cnn"}) == 1
+    configs = expand(["ce", "gce", "ldr"], ["digits-noisy"], [0, 1], "smoke",
+                     ["split.kfold=5", "model.hidden=32"])
+    groups = pack_groups(configs, "auto", "cpu")
+    assert [sorted({c.seed for c in g}) for g in groups] == [[0], [1]]  # one fold per group
+    assert [len(g) for g in groups] == [3, 3]
+    plain = expand(["ce", "gce", "ldr"], ["digits-noisy"], [0, 1], "smoke")
+    assert [len(g) for g in pack_groups(plain, "auto", "cpu")] == [1] * 6  # 512 wide: alone
+    assert [len(g) for g in pack_groups(plain, "4", "cpu")] == [4, 2]

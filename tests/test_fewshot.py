@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from lossbench.cli import app
 from lossbench.data import fewshot_sources as fss
+from lossbench.data import locate
 from lossbench.data.episodes import (
     draw_episodes,
     episode_accuracy,
@@ -246,7 +247,7 @@ def test_mini_imagenet_hf_is_resplit_by_wordnet_id(monkeypatch: Any) -> None:
         return datasets.DatasetDict({"train": part(list(range(7)) * 2),
                                      "validation": part(list(range(7)))})
 
-    monkeypatch.setattr(fss, "SHARED_DATA", Path("/nonexistent"))
+    monkeypatch.setattr(locate, "SHARED_DATA", Path("/nonexistent"))
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     raw = SOURCES.get("mini-imagenet").build({"image_size": 8})
     assert calls == ["timm/mini-imagenet"] and raw.x_train.shape == (21, 3, 8, 8)
@@ -257,7 +258,7 @@ def test_mini_imagenet_hf_is_resplit_by_wordnet_id(monkeypatch: Any) -> None:
 
 
 def test_missing_data_is_one_line_user_error(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(fss, "SHARED_DATA", tmp_path / "nothing")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "nothing")
 
     def offline(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("offline")
@@ -395,7 +396,7 @@ def test_omniglot_fixture_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_cli_missing_dataset_and_wrong_mode_are_one_line(tmp_path: Path, monkeypatch: Any
                                                          ) -> None:
-    monkeypatch.setattr(fss, "SHARED_DATA", tmp_path / "nothing")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "nothing")
     result = runner.invoke(app, ["run", "--loss", "ce", "--task", "omniglot", "--budget",
                                  "smoke", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Omniglot not found" in result.output

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.data import cifar, hub
+from lossbench.data import hub, locate
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_reachable_hub_is_used(fake_hub: list[str], monkeypatch: pytest.Monkey
 def test_cli_offline_error_is_quick_and_one_line(
     fake_hub: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cifar, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setattr(locate, "SHARED_DATA", tmp_path / "no-shared-data")
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     start = time.perf_counter()
     result = CliRunner().invoke(app, ["run", "--loss", "ce", "--task", "cifar100-noisy",

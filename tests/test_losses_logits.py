@@ -574,3 +574,32 @@ def test_rce_constant_is_one_parameter_with_the_official_default() -> None:
     for name in ("sce", "nce+rce"):
         assert LOSSES.get(name).param("A").default == pytest.approx(math.log(1e-4), rel=1e-15)
     assert LOSSES.get("nce+mae").param("mae_form").default == "reduced"
+
+
+@pytest.mark.parametrize("name", ["ldr", "aldr"])
+def test_softplus_mean_survives_very_negative_logits(name: str) -> None:
+    """Rows whose logits are all far below 0 (a CNN reached them in its first epoch on
+    Fashion-MNIST) keep the transform's exact value and finite gradients in float32, where
+    softplus itself underflows to 0."""
+    torch.manual_seed(0)
+    base = torch.randn(6, 10, dtype=torch.float64)
+    for shift in (0.0, -60.0, -120.0, -400.0):
+        z32 = (base + shift).float().requires_grad_(True)
+        z64 = z32.detach().double().requires_grad_(True)  # the same (float32-rounded) inputs
+        y = torch.arange(6) % 10
+        loss = LOSSES.get(name).build({}, num_classes=10, num_train=6)
+        ref = LOSSES.get(name).build({}, num_classes=10, num_train=6).double()
+        value = loss(z32, y, index=torch.arange(6)).sum()
+        value.backward()
+        expected = ref(z64, y, index=torch.arange(6)).sum()
+        expected.backward()
+        assert torch.isfinite(value) and torch.isfinite(z32.grad).all()
+        assert torch.allclose(value.double(), expected, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(z32.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
+    # The float64 path is the transform's definition where softplus does not underflow:
+    z = torch.randn(4, 7, dtype=torch.float64) - 30.0
+    sp = torch.log1p(torch.exp(z))
+    from lossbench.losses.logits import _transform
+
+    t, c = _transform(z, "softplus-mean")
+    assert torch.allclose(t * c, sp / sp.mean(dim=1, keepdim=True), rtol=1e-12)

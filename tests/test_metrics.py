@@ -3,6 +3,8 @@ metric row and its pure end-of-run assembly (``final_metrics``)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,6 @@ from sklearn import metrics as skm
 from lossbench.families.classification import (
     CURVES,
     classification_metrics,
-    epoch_metrics,
     final_metrics,
 )
 from lossbench.metrics import (
@@ -139,29 +140,103 @@ def test_ece_and_adaptive_ece_hand_cases() -> None:
     assert adaptive_calibration_error(probs, y, bins=3) == pytest.approx(100 * ada3)
 
 
+def _ece_loop(probs: torch.Tensor, y: torch.Tensor, bins: int) -> float:
+    """The per-bin loop ``expected_calibration_error`` used before it was vectorised."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (conf[in_bin].mean() - correct[in_bin].mean()).abs()
+    return 100.0 * ece.item()
+
+
+def _ada_ece_loop(probs: torch.Tensor, y: torch.Tensor, bins: int) -> float:
+    """The per-bin loop ``adaptive_calibration_error`` used before it was vectorised."""
+    conf, pred = probs.max(dim=1)
+    order = conf.argsort()
+    conf, correct = conf[order], (pred[order] == y[order]).float()
+    gap = torch.zeros((), dtype=torch.float64)
+    for c, a in zip(conf.tensor_split(bins), correct.tensor_split(bins), strict=True):
+        if len(c):
+            gap += len(c) / len(conf) * (c.double().mean() - a.double().mean()).abs()
+    return 100.0 * gap.item()
+
+
+def _ece_numpy(probs: np.ndarray, y: np.ndarray, bins: int, adaptive: bool) -> float:
+    """Independent float64 reference: Guo et al. Eq. 3 over (lo, hi] bins of float32 edges, or
+    equal-mass bins of the stably sorted confidences."""
+    conf, pred = probs.max(axis=1).astype(np.float64), probs.argmax(axis=1)
+    correct = (pred == y).astype(np.float64)
+    if adaptive:
+        order = np.argsort(conf, kind="stable")
+        parts = zip(np.array_split(conf[order], bins), np.array_split(correct[order], bins),
+                    strict=True)
+    else:
+        edges = np.linspace(0, 1, bins + 1, dtype=np.float32).astype(np.float64)
+        masks = [(conf > lo) & (conf <= hi) for lo, hi in itertools.pairwise(edges)]
+        parts = ((conf[m], correct[m]) for m in masks)
+    return 100.0 * sum(len(c) / len(conf) * abs(c.mean() - a.mean()) for c, a in parts if len(c))
+
+
+@pytest.mark.parametrize(("n", "k", "bins"), [(450, 10, 15), (10_000, 100, 15), (37, 3, 10),
+                                             (7, 4, 15), (200, 2, 1)])
+def test_vectorised_calibration_errors_equal_the_loops_and_numpy(n: int, k: int, bins: int
+                                                                  ) -> None:
+    """The bincount forms give the per-bin loops' values (ECE: the loop summed in float32, so to
+    float32 precision) and an independent float64 reference's; n < bins leaves bins empty."""
+    g = torch.Generator().manual_seed(n + k)
+    probs = (torch.randn(n, k, generator=g) * 3).softmax(dim=1)
+    y = torch.randint(0, k, (n,), generator=g)
+    ece = expected_calibration_error(probs, y, bins)
+    ada = adaptive_calibration_error(probs, y, bins)
+    assert ece == pytest.approx(_ece_loop(probs, y, bins), rel=1e-5, abs=1e-6)
+    assert ada == pytest.approx(_ada_ece_loop(probs, y, bins), rel=1e-12, abs=1e-12)
+    assert ece == pytest.approx(_ece_numpy(probs.numpy(), y.numpy(), bins, False), rel=1e-12)
+    assert ada == pytest.approx(_ece_numpy(probs.numpy(), y.numpy(), bins, True), rel=1e-12)
+
+
+def test_ece_bins_are_open_below_closed_above_at_the_exact_edges() -> None:
+    """Confidences equal to a float32 edge fall in the bin that edge closes, as in Eq. 3."""
+    edges = torch.linspace(0, 1, 11)
+    conf = edges[[5, 6, 6, 10]].double()  # 0.5 (bin 4), 0.6 twice (bin 5), 1.0 (bin 9)
+    probs = torch.stack([conf, 1 - conf], dim=1)
+    y = torch.tensor([0, 1, 0, 0])  # correct: 1, 0, 1, 1
+    # bins: {0.5: acc 1}, {0.6, 0.6: acc 1/2}, {1.0: acc 1}
+    expected = 100 * (abs(0.5 - 1) + 2 * abs(0.6 - 0.5) + abs(1.0 - 1)) / 4
+    assert expected_calibration_error(probs, y, 10) == pytest.approx(expected, rel=1e-6)
+    assert expected_calibration_error(probs, y, 10) == pytest.approx(_ece_loop(probs.float(), y,
+                                                                               10), rel=1e-6)
+
+
 def test_classification_metrics_row_and_binary_f1_only_for_two_classes() -> None:
     logits, y = _random_problem(7, 120, 5)
     row = classification_metrics(logits.float(), y, 15)
     assert "f1" not in row and {"top1", "bacc", "macro_f1", "auroc", "ada_ece", "brier"} <= set(row)
     binary = classification_metrics(*_random_problem(8, 120, 2), 15)
     assert "f1" in binary
-    names = set(epoch_metrics(0.5, row, row)) | set(epoch_metrics(0.5, binary, binary))
-    assert names == set(CURVES)  # every name a run can produce has a curve
+    assert {f"test_{name}" for name in row | binary} <= set(CURVES)  # each has a curve
 
 
-def _curves() -> dict[str, list[float]]:
-    curves = {name: [] for name in CURVES}
-    for epoch in range(4):
-        row = {m: float(10 * epoch + i) for i, m in enumerate(
-            ("top1", "top5", "bacc", "macro_f1", "auroc", "ece", "ada_ece", "nll", "brier"))}
-        val = {"top1": [50.0, 70.0, 60.0, 65.0][epoch], "bacc": [40.0, 45.0, 55.0, 50.0][epoch]}
-        for name, value in epoch_metrics(1.0 / (epoch + 1), val, row).items():
-            curves[name].append(value)
+TEST_ROW = ("top1", "top5", "bacc", "macro_f1", "auroc", "ece", "ada_ece", "nll", "brier")
+
+
+def _curves(epochs: bool) -> dict[str, list[float]]:
+    """Four epochs, all scored; ``epochs=False``: as recorded before curves listed their epochs."""
+    curves: dict[str, list[float]] = {
+        "train_loss": [1.0, 0.5, 1 / 3, 0.25],
+        "val_top1": [50.0, 70.0, 60.0, 65.0], "val_bacc": [40.0, 45.0, 55.0, 50.0],
+    } | {f"test_{m}": [float(10 * e + i) for e in range(4)] for i, m in enumerate(TEST_ROW)}
+    if epochs:
+        curves |= {"val_epoch": [1, 2, 3, 4], "test_epoch": [1, 2, 3, 4], "test_f1": []}
     return curves
 
 
-def test_final_metrics_last_epoch_and_both_selections() -> None:
-    curves = _curves()
+@pytest.mark.parametrize("epochs", [True, False])
+def test_final_metrics_last_epoch_and_both_selections(epochs: bool) -> None:
+    curves = _curves(epochs)
     out = final_metrics(curves)
     assert out["test_top1"] == curves["test_top1"][3] and out["test_brier"] == curves[
         "test_brier"][3]
@@ -174,6 +249,18 @@ def test_final_metrics_last_epoch_and_both_selections() -> None:
     assert "test_nll@best_val" not in out  # only the selected metrics are repeated
     old = {k: v for k, v in curves.items() if k != "val_bacc"}  # curves recorded before val_bacc
     assert not any("best_val_bacc" in name for name in final_metrics(old))
+
+
+def test_final_metrics_read_the_epochs_each_curve_lists() -> None:
+    """Validation scored every epoch, the test set at epochs 2, 4 and 5 only: each selection's
+    test value is looked up by epoch, not by position; ties select the first epoch."""
+    curves = {"train_loss": [5.0, 4.0, 3.0, 2.0, 1.0], "val_epoch": [1, 2, 3, 4, 5],
+              "val_top1": [10.0, 80.0, 70.0, 80.0, 60.0], "val_bacc": [1.0, 1.5, 1.2, 2.0, 1.9],
+              "test_epoch": [2, 4, 5], "test_top1": [20.0, 40.0, 50.0]}
+    out = final_metrics(curves)
+    assert out["test_top1"] == 50.0 and out["test_top1@best_val"] == 20.0
+    assert out["best_epoch"] == 2.0 and out["best_val_bacc_epoch"] == 4.0
+    assert out["test_top1@best_val_bacc"] == 40.0 and out["val_top1"] == 60.0
 
 
 def test_average_ranks_of_every_column_match_scipy_with_heavy_ties() -> None:

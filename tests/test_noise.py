@@ -15,8 +15,11 @@ from lossbench.data.noise import (
     CIFAR100_FINE_NAMES,
     CIFAR100_FLIPS,
     CIFAR100_SUPERCLASSES,
+    FASHION_MNIST_FLIPS,
+    LETTER_PAIRS,
     MNIST_FLIPS,
     NOISE,
+    VOWEL_PAIRS,
     apply_noise,
     check_noise,
     labels_hash,
@@ -32,7 +35,8 @@ Y10 = balanced(10, 10_000)  # 100k labels: rates within ~0.005 of their expectat
 
 
 def test_registry_lists_the_kinds() -> None:
-    assert NOISE.names() == ["asym", "human", "none", "pairflip", "symmetric"]
+    assert NOISE.names() == ["asym", "class-dependent", "human", "none", "pairflip", "symmetric",
+                             "uniform"]
 
 
 def test_none_is_identity_and_reported() -> None:
@@ -180,7 +184,7 @@ def test_rate_out_of_range(rate: float) -> None:
 
 
 def test_user_mistakes_are_one_line() -> None:
-    with pytest.raises(UserError, match="accepted: asym, human, none, pairflip, symmetric"):
+    with pytest.raises(UserError, match="accepted: asym, class-dependent, human, none, pairflip"):
         apply_noise(Y10, 10, "gaussian", {}, seed=0)
     with pytest.raises(UserError, match=r"noise\.kind=symmetric"):
         apply_noise(Y10, 10, "none", {"rate": 0.4}, seed=0)
@@ -203,3 +207,65 @@ def test_check_noise_without_data() -> None:
         check_noise("pairflip", {"rate": 1})
     with pytest.raises(UserError, match="unknown noise model 'flip'"):
         check_noise("flip", {})
+
+
+# --- The LDR paper's models and the GCE Fashion-MNIST map -----------------------------------------
+
+
+def test_uniform_draws_among_all_classes_so_the_realised_rate_is_lower() -> None:
+    y = balanced(26, 10_000)
+    noisy, rep = apply_noise(y, 26, "uniform", {"rate": 0.6}, seed=0)
+    assert rep.kind == "uniform" and rep.requested_rate == 0.6
+    assert abs(rep.realised_rate - 0.6 * 25 / 26) < 0.004  # 0.577, not 0.6
+    t = np.array(rep.transition)
+    assert np.allclose(np.diag(t), 1 - 0.6 + 0.6 / 26, atol=0.02)
+    assert np.allclose(t[~np.eye(26, dtype=bool)], 0.6 / 26, atol=0.01)
+    same, _ = apply_noise(y, 26, "symmetric", {"rate": 0.6, "include_true": True}, seed=0)
+    assert np.array_equal(noisy, same)  # one model under the paper's name
+
+
+def test_ldr_pair_maps_are_the_official_swaps() -> None:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    pairs = {frozenset((letters[a], letters[b])) for a, b in LETTER_PAIRS.items()}
+    assert pairs == {frozenset(p) for p in ("BD", "CG", "EF", "HN", "IL", "KX", "MW", "OQ", "PR",
+                                             "UV")}
+    assert all(LETTER_PAIRS[b] == a for a, b in LETTER_PAIRS.items())  # swaps, not cycles
+    assert VOWEL_PAIRS == {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4, 6: 7, 7: 6, 8: 9, 9: 8}
+
+
+@pytest.mark.parametrize(("pair_map", "k", "paired"), [("letter", 26, 20), ("vowel", 11, 10)])
+def test_class_dependent_swaps_partners_only(pair_map: str, k: int, paired: int) -> None:
+    y = balanced(k, 6000)
+    noisy, rep = apply_noise(y, k, "class-dependent", {"rate": 0.3}, seed=1,
+                             meta={"pair_map": pair_map})
+    partner = dict(LETTER_PAIRS if pair_map == "letter" else VOWEL_PAIRS)
+    changed = noisy != y
+    assert all(partner[a] == b for a, b in zip(y[changed], noisy[changed], strict=True))
+    alone = ~np.isin(y, list(partner))
+    assert not changed[alone].any()
+    assert abs(rep.realised_rate - 0.3 * paired / k) < 0.006
+    t = np.array(rep.transition)
+    assert all(abs(t[a, b] - 0.3) < 0.03 for a, b in partner.items())
+    named, _ = apply_noise(y, k, "class-dependent", {"rate": 0.3, "map": pair_map}, seed=1)
+    assert np.array_equal(named, noisy)
+
+
+def test_class_dependent_needs_an_ldr_map() -> None:
+    with pytest.raises(UserError, match=r"no LDR pair map; set noise\.map=letter\|vowel"):
+        apply_noise(Y10, 10, "class-dependent", {"rate": 0.3}, seed=0)
+    with pytest.raises(UserError, match="accepted: auto, letter, vowel, news20"):
+        apply_noise(Y10, 10, "class-dependent", {"rate": 0.3, "map": "cifar10"}, seed=0)
+    with pytest.raises(UserError, match="26 classes"):
+        apply_noise(Y10, 10, "class-dependent", {"rate": 0.3, "map": "letter"}, seed=0)
+
+
+def test_fashion_mnist_map_is_gces() -> None:
+    names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot")
+    flips = {names[a]: names[b] for a, b in FASHION_MNIST_FLIPS.items()}
+    assert flips == {"Ankle boot": "Sneaker", "Sneaker": "Sandal", "Pullover": "Shirt",
+                     "Coat": "Dress", "Dress": "Coat"}
+    a, rep = apply_noise(Y10, 10, "asym", {"rate": 0.4}, seed=0,
+                         meta={"asym_map": "fashion-mnist"})
+    assert abs(rep.realised_rate - 0.4 * 5 / 10) < 0.01
+    assert set(np.unique(a[Y10 == 9])) == {9, 7}  # a boot becomes a sneaker, never a sandal

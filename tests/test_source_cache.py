@@ -46,3 +46,33 @@ def test_channel_stats_are_exact() -> None:
     pixels = torch.tensor(x, dtype=torch.float64) / 255.0
     np.testing.assert_allclose(mean, pixels.mean(dim=(0, 2, 3)).numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(std, pixels.std(dim=(0, 2, 3)).numpy(), rtol=0, atol=1e-12)
+
+
+def test_channel_stats_of_a_cached_source_are_computed_once(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Read-only (cached-source) arrays: computed once while the array lives, then forgotten;
+    writable arrays, whose bytes may change, are computed every time."""
+    import gc
+
+    from lossbench.data import views
+
+    calls: list[int] = []
+    real = views.channel_stats
+
+    def counting(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(id(images))
+        return real(images)
+
+    monkeypatch.setattr(views, "channel_stats", counting)
+    x = np.random.default_rng(1).integers(0, 256, (20, 3, 4, 4), dtype=np.uint8)
+    writable = views.source_channel_stats(x), views.source_channel_stats(x)
+    assert len(calls) == 2
+    x.setflags(write=False)
+    first, again = views.source_channel_stats(x), views.source_channel_stats(x)
+    assert len(calls) == 3 and again is first
+    np.testing.assert_array_equal(first[0], writable[0][0])
+    np.testing.assert_array_equal(first[1], real(x)[1])
+    key = id(x)
+    del x
+    gc.collect()
+    assert key not in views._stats_of

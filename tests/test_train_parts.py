@@ -66,6 +66,8 @@ def test_crop_flip_matches_naive_per_image_reference() -> None:
         ("small-cnn", {"width": 8}, (3, 32, 32)),
         ("airbench", {"widths": "8,16,16", "stem": 4}, (3, 32, 32)),
         ("resnet18", {"width": 8}, (3, 32, 32)),
+        ("strided-cnn", {"width": 4}, (1, 28, 28)),
+        ("strided-cnn", {"width": 4}, (3, 32, 32)),
     ],
 )
 def test_models_produce_head_of_requested_size(
@@ -73,6 +75,28 @@ def test_models_produce_head_of_requested_size(
 ) -> None:
     model = MODELS.get(name).build(params, in_shape=shape, out_dim=7)
     assert model(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_ldr_tabular_mlp_is_tanh_width_min_d_k_xavier() -> None:
+    """The LDR code's MLP (models.py): Linear(d, h) tanh Linear(h, h) tanh Linear(h, K) with
+    h = min(d, K) and xavier-normal weights; its biases keep PyTorch's default."""
+    params = {"activation": "tanh", "hidden_rule": "min-in-out", "init": "xavier-normal"}
+    for d, k, h in ((16, 26, 16), (180, 3, 3), (10, 11, 10)):
+        model = MODELS.get("mlp").build(params, in_shape=(d,), out_dim=k)
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(d, h), (h, h), (h, k)]
+        assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 2
+        assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    torch.manual_seed(0)
+    big = MODELS.get("mlp").build(params | {"hidden_rule": "fixed", "hidden": 600},
+                                  in_shape=(400,), out_dim=10)
+    first = next(m for m in big.modules() if isinstance(m, torch.nn.Linear))
+    assert first.weight.std().item() == pytest.approx((2 / (400 + 600)) ** 0.5, rel=0.02)
+    assert first.bias.abs().max().item() <= 1 / 400**0.5  # PyTorch's uniform(+-1/sqrt(fan_in))
+    torch.manual_seed(0)
+    default = MODELS.get("mlp").build({"hidden": 600}, in_shape=(400,), out_dim=10)
+    default_std = (1 / (3 * 400)) ** 0.5  # uniform(+-1/sqrt(fan_in)): not xavier's 0.045
+    assert next(default.parameters()).std().item() == pytest.approx(default_std, rel=0.02)
 
 
 def test_cuda_without_gpu_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:

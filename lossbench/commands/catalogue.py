@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Column, Table
 
 from lossbench.commands.common import console, user_errors
@@ -18,14 +19,26 @@ Long = Annotated[bool, typer.Option("--long", help="Every column (model, descrip
 
 @user_errors
 def list_losses(family: Family = "") -> None:
-    """Every loss: name, what it consumes, parameters with defaults, paper."""
+    """Every loss: name, what it consumes, parameters with defaults, paper; then the plug-ins
+    installed through the lossbench.losses entry-point group."""
+    from lossbench import plugins
     from lossbench.families import FAMILIES
     from lossbench.losses import LOSSES
 
     kinds = FAMILIES.get(family).tags["accepts"] if family else None
     table = Table(Column("loss", no_wrap=True), "consumes", "parameters (defaults)", "paper",
                   title="losses")
-    for entry in LOSSES:
+    entries = list(LOSSES)
+    for name in plugins.entry_point_names():
+        if name in LOSSES:
+            table.add_row(name, "—", "—", "[yellow]plug-in hidden by the built-in loss of this "
+                          "name[/]")
+            continue
+        try:
+            entries.append(plugins.lookup(name)[0])
+        except UserError as err:  # one broken plug-in must not hide the catalogue
+            table.add_row(name, "—", "—", f"[red]{escape(str(err))}[/]")
+    for entry in entries:
         if kinds is None or entry.tags["consumes"] in kinds:
             params = ", ".join(p.describe() for p in entry.params) or "—"
             table.add_row(entry.name, entry.tags["consumes"], params, entry.tags.get("paper", ""))
@@ -87,3 +100,24 @@ def list_tasks(family: Family = "", long: Long = False) -> None:
         console.print(table)
     console.print(f"epochs per budget: {' / '.join(BUDGETS)}; --long adds model and "
                   "description; --family NAME shows one family", highlight=False)
+
+
+@user_errors
+def list_suites() -> None:
+    """Every suite: its settings (the columns of its table) and default losses."""
+    from lossbench.suites import load_suite, suite_names
+
+    table = Table(Column("suite", no_wrap=True), Column("settings", overflow="fold"),
+                  Column("losses", overflow="fold"), title="suites", box=box.SIMPLE_HEAD)
+    for name in suite_names():
+        try:
+            suite = load_suite(name)
+        except UserError as err:
+            table.add_row(name, f"[red]error[/] {err}", "")
+            continue
+        labels = [s.label for s in suite.settings]
+        shown = ", ".join(labels[:4]) + (f", … ({len(labels)} in all)" if len(labels) > 4 else "")
+        table.add_row(name, shown, ", ".join(suite.losses) or "—")
+    console.print(table)
+    console.print("run one with `lossbench run --suite NAME`; tasks/suites/NAME.toml lists it",
+                  highlight=False)

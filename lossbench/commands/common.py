@@ -65,8 +65,9 @@ class _QuietStdout:
         return getattr(self._stream, name)
 
 
-console = Console(file=_QuietStdout())  # type: ignore[arg-type]
-errors = Console(stderr=True)
+# No emoji codes: a plug-in loss spec such as `file.py:Ok:k=2` must not print as `file.py🆗k=2`.
+console = Console(file=_QuietStdout(), emoji=False)  # type: ignore[arg-type]
+errors = Console(stderr=True, emoji=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_OUT = Path("results/runs")

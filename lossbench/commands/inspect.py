@@ -29,7 +29,8 @@ def runs(
     from lossbench.families import FAMILIES
     from lossbench.report.load import load_runs
 
-    table = load_runs([out])
+    shown = {next(iter(e.tags.get("summary", ())), "") for e in FAMILIES}
+    table = load_runs([out], shown - {""})
     for column, value in (("task", task), ("loss", loss), ("status", status)):
         if value is not None:
             table = table[table[column] == value]

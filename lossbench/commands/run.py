@@ -8,7 +8,6 @@ some failed, 2 a user mistake, 130 interrupted (Ctrl-C or SIGTERM; finished runs
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,14 +21,14 @@ from rich.table import Column, Table
 
 from lossbench.commands.common import (
     DEFAULT_OUT,
-    check_writable_dir,
     console,
     errors,
     plural,
     split_multi,
     user_errors,
 )
-from lossbench.errors import UserError, require
+from lossbench.engine.session import resolve_workers as resolve_workers  # re-exported
+from lossbench.errors import require
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +36,8 @@ if TYPE_CHECKING:
     from lossbench.engine.grid import RunConfig
     from lossbench.families.base import Reporter
 
+SUMMARY_COLUMNS = ["task", "family", "loss", "loss_params", "status"]
+"""What ``print_summary`` reads of the runs table (with run_key, metric and value)."""
 EXIT_ALL_FAILED = 1
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -85,27 +86,54 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
         metrics = [m for m in FAMILIES.get(family).tags.get("summary", ()) if m in present]
         summary = summarise(rows, metrics)
         table = Table(Column("task", overflow="fold"), Column("loss", no_wrap=True),
-                      Column("params", overflow="fold"), "n",
+                      Column("params", overflow="fold", max_width=24), "n",
                       *[Column(metric_header(m), justify="right") for m in metrics],
                       title=f"{title} ({family})",
                       caption="test metrics on clean labels: mean ± std over seeds")
         for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
-            table.add_row(r["task"], r["loss"], r["loss_params"] or "—", n, *cells)
+            table.add_row(r["task"], r["loss"], non_default_params(r["loss"], r["loss_params"]),
+                          n, *cells)
         console.print(table)
 
 
-def resolve_workers(workers: str, threads: int, groups: int) -> int:
-    """``--workers`` -> a process count; ``auto`` = as many as the CPUs allow at ``threads``
-    each, never more than there are groups of runs to train."""
-    if workers == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        return max(1, min(cores // threads, groups))
-    require(workers.isdigit() and int(workers) >= 1,
-            f"--workers must be an integer >= 1 or 'auto', got {workers!r}")
-    return int(workers)
+def non_default_params(loss: str, params_text: str) -> str:
+    """``k=v,...`` without the parameters at their registry default (a table stays readable:
+    ``nce+rce`` shows ``alpha=5.0,beta=5.0``, not also ``A=-9.210340371976182``)."""
+    from lossbench.losses import LOSSES
+
+    if not params_text or loss not in LOSSES:
+        return params_text or "—"
+    defaults = {p.name: str(p.default) for p in LOSSES.get(loss).params}
+    pairs = [item for item in params_text.split(",")
+             if defaults.get(item.partition("=")[0]) != item.partition("=")[2]]
+    return ",".join(pairs) or "defaults"
+
+
+def print_tuning(choices: Sequence[Mapping[str, Any]], configs: Sequence[RunConfig]) -> None:
+    """One row per setting and loss: the chosen point, its criterion mean, the trial count."""
+    from lossbench.tuning import setting_key
+
+    names = {}
+    for cfg in configs:
+        noise = cfg.spec.get("noise", {})
+        names[setting_key(cfg)] = f"{cfg.task} {noise.get('kind', '')} {noise.get('rate', '')}"
+    table = Table(Column("setting", overflow="fold"), Column("loss", no_wrap=True),
+                  Column("chosen", overflow="fold"), Column("criterion", justify="right"),
+                  "trials", title="tuning (validation only)",
+                  caption="criterion: mean over seeds of the validation metric named; "
+                          "records in <out>/tuning/")
+    for c in choices:
+        chosen = c["chosen"]
+        value = "—" if chosen is None else f"{c['points'][chosen]['mean']:.3f}"
+        varying = [k for k in c["chosen_params"] or {}
+                   if len({str(p["params"].get(k)) for p in c["points"]}) > 1]
+        params = "all diverged/failed" if chosen is None else (
+            ",".join(f"{k}={c['chosen_params'][k]}" for k in varying) or "—")
+        table.add_row(names.get(c["spec_key"], c["task"]).strip(), c["loss"], params,
+                      f"{c['criterion']} {value}", str(c["trials"]))
+    console.print(table)
 
 
 @contextmanager
@@ -145,11 +173,28 @@ def _version_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 @user_errors
 def run(
-    loss: Annotated[list[str], typer.Option(
-        "--loss", "-l", metavar="SPEC", help="Loss spec: name or name:k=v,k=v; repeat for "
-        "several; 'all' for every loss the task accepts.")],
-    task: Annotated[list[str], typer.Option(
-        "--task", "-t", metavar="NAME", help="Task name; repeat or a,b.")],
+    loss: Annotated[list[str] | None, typer.Option(
+        "--loss", "-l", metavar="SPEC", help="Loss spec: name[:k=v,...], module:Class[:k=v,...] "
+        "or file.py:Class[:k=v,...]; repeat for several; 'all' for every built-in loss the "
+        "task accepts (default with --suite: the suite's losses).")] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", "-t", metavar="NAME", help="Task name or path/to/task.toml; repeat or a,b.")
+    ] = None,
+    suite: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Run every setting of a suite (`lossbench list suites`).")] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune", help="Tune each loss on its declared search space with the same number of "
+        "trials per loss, choosing by the mean validation metric over the seeds (folds).")
+    ] = False,
+    space: Annotated[list[str] | None, typer.Option(
+        metavar="LOSS.PARAM=V1,V2", help="With --tune: these values for one parameter instead "
+        "of the declared ones; repeat for several.")] = None,
+    trials: Annotated[int | None, typer.Option(
+        metavar="N", help="With --tune: points tried per loss (default: the largest space).")
+    ] = None,
+    tune_metric: Annotated[str | None, typer.Option(
+        metavar="NAME", help="With --tune: the validation metric to choose by (default: the "
+        "family's, e.g. best_val_top1).")] = None,
     seeds: Annotated[str | None, typer.Option(
         metavar="LIST", help="e.g. 0,1,2 or 0-4 (default: the task's).")] = None,
     budget: Annotated[str, typer.Option(metavar="TIER", help="smoke | quick | paper")] = "quick",
@@ -177,36 +222,41 @@ def run(
                                       "batched computation; 'auto': 1 on CPU, up to 16 on "
                                       "CUDA.")] = "1",
 ) -> None:
-    """Run the loss x task x seed grid; resumes, skipping finished runs."""
-    from lossbench.engine.executors import EXECUTORS, pack_groups, pack_size
-    from lossbench.engine.grid import expand, parse_seeds
-    from lossbench.engine.store import FINISHED, Store
-    from lossbench.engine.train import device_type
+    """Run the loss x task x seed grid; resumes, skipping finished runs.
 
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor '{executor}'; accepted: {', '.join(EXECUTORS)}")
-    require(threads >= 1, f"--threads must be >= 1, got {threads}")
-    resolve_workers(workers, threads, 1)  # a bad value fails before anything else
-    size = pack_size(pack, device)
-    options: dict[str, Any] = {"pack": pack}
-    if executor == "ray":
-        options |= {"address": address, "gpus_per_run": gpus_per_run}
-    # Ray workers may have a GPU the driver lacks: only a local run checks CUDA here.
-    dev_type = device_type(device, check=executor == "local")
-    check_writable_dir(out)
-    configs = expand(loss, split_multi(task), parse_seeds(seeds), budget, set_ or [],
-                     dev_type, threads)
-    require(bool(configs), "the grid is empty; check --loss, --task and --seeds")
-    store = Store(out)
-    finished = {} if force else {
-        r["run_key"]: r for r in store.records() if r.get("status") in FINISHED}
-    for path, why in getattr(store, "unreadable", []):
+    Loss spec: NAME[:k=v,...] (built-in, or a lossbench.losses entry point),
+    or your own: pkg.module:Class[:k=v,...] or path/file.py:Class[:k=v,...].
+    Task: NAME (tasks/, then $LOSSBENCH_TASKS folders, then lossbench.tasks
+    entry points) or path/to/task.toml (named after the file).
+    """
+    from lossbench.engine.grid import parse_seeds
+    from lossbench.engine.session import execute, plan
+
+    settings: list[str | tuple[str, Sequence[str]]] = list(split_multi(task or []))
+    losses = list(loss or [])
+    if suite is not None:
+        from lossbench.suites import load_suite
+
+        chosen_suite = load_suite(suite)
+        settings += [(s.task, s.overrides) for s in chosen_suite.settings]
+        losses = losses or list(chosen_suite.losses)
+    require(bool(settings), "no --task or --suite given; see `lossbench list tasks` and "
+                            "`lossbench list suites`")
+    require(tune or not (space or trials or tune_metric),
+            "--space, --trials and --tune-metric go with --tune")
+    if tune:
+        from lossbench.tuning import check_tune_metric, tuned_specs
+
+        check_tune_metric(tune_metric)
+        losses = tuned_specs(losses, space or [], trials)
+    grid = plan(losses, settings, parse_seeds(seeds), budget, set_ or [], out=out,
+                device=device, force=force, workers=workers, threads=threads,
+                executor=executor, pack=pack, address=address, gpus_per_run=gpus_per_run)
+    configs, todo, reused, store, n_workers = (grid.configs, grid.todo, grid.reused, grid.store,
+                                                grid.workers)
+    for path, why in grid.unreadable:
         console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
                       "as not finished", highlight=False)
-    todo = [c for c in configs if c.key not in finished]
-    reused = [finished[c.key] for c in configs if c.key in finished]
-    groups = len(pack_groups(todo, size)) if size > 1 else len(todo)
-    n_workers = resolve_workers(workers, threads, max(1, groups))
     console.print(f"{plural(len(configs), 'run')} in the grid, {len(reused)} already finished, "
                   f"{len(todo)} to run → {out}"
                   + (f" ({plural(n_workers, 'worker')} × {plural(threads, 'thread')})"
@@ -216,24 +266,35 @@ def run(
     statuses: list[str] = []
     try:
         with _sigterm_as_interrupt(), _progress(len(todo)) as (advance, make_reporter):
-            reporter = make_reporter if executor == "local" and n_workers <= 1 else None
-            for record in EXECUTORS[executor](todo, device, n_workers, reporter, **options):
-                store.write(record)
+            for record in execute(grid, make_reporter):
                 statuses.append(record["status"])
                 advance()
                 if record["status"] != "ok":
                     console.print(f"[yellow]{record['status']}[/]: {record['run_key']} "
                                   f"({record.get('reason', '')})", highlight=False)
     except KeyboardInterrupt:
-        store.write_tables()
         errors.print(f"interrupted: {plural(len(statuses), 'finished run')} this time "
                      f"{'is' if len(statuses) == 1 else 'are'} saved in {out}; run the same "
                      "command again to resume.", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    runs = store.write_tables()
+    from lossbench.families import FAMILIES
+
     keys = {c.key for c in configs}
-    print_summary(runs[runs["run_key"].isin(keys)], "results")
-    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'runs.csv'}", highlight=False)
+    if tune:
+        from lossbench.tuning import select
+
+        choices = select(configs, store, tune_metric)
+        print_tuning(choices, configs)
+        keys = {k for c in choices for k in c["chosen_keys"]}
+    families = {c.family for c in configs}
+    shown = {m for f in families for m in FAMILIES.get(f).tags.get("summary", ())}
+    print_summary(store.tables.runs_frame(shown, keys, SUMMARY_COLUMNS),
+                  "tuned results" if tune else "results")
+    if store.tables_problem:
+        console.print(f"[yellow]warning[/]: tables not updated ({store.tables_problem}); "
+                      "reports add the missing rows from the records", highlight=False)
+    console.print(f"tidy tables: {out / 'runs.parquet'}, {out / 'curves.parquet'} (`lossbench "
+                  f"tables {out} --export` writes runs.csv)", highlight=False)
     failed = statuses.count("failed")
     if failed:
         console.print(f"[red]{failed} of {plural(len(statuses), 'run')} failed[/]; `lossbench "

@@ -1,8 +1,9 @@
 """CIFAR-10 / CIFAR-100 sources, with CIFAR-N human labels (Wei et al., ICLR 2022) as data.
 
 Where the images come from, in order: ``data.dir`` (the python version from the CIFAR site:
-``cifar-10-batches-py`` / ``cifar-100-python``, the folder itself or its parent), then the shared
-data folder next to the repository (``../shared/data``), then the Hugging Face dataset
+``cifar-10-batches-py`` / ``cifar-100-python``, the folder itself or its parent), then
+``$LOSSBENCH_DATA/cifar10`` (``cifar100``) and ``../shared/data/cifar10``
+(``lossbench.data.locate``; also ``../shared/data`` itself), then the Hugging Face dataset
 (``uoft-cs/cifar10`` / ``uoft-cs/cifar100``, from the local HF cache when offline).
 
 Human labels (``data.human_labels``, the published ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt``)
@@ -24,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.data import locate
 from lossbench.data.hub import HubUnavailable, load_hf_dataset
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-"""Fallback folder shared by checkouts (``<repo>/../shared/data``)."""
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR_N_URL = "github.com/UCSC-REAL/cifar-10-100n"
@@ -341,7 +340,7 @@ def load_cifar(spec: CifarSpec, dir: str, hf_id: str, cache_dir: str, human_labe
                 f"from {CIFAR_URL} or its parent")
         raw = _load_native(folder, spec)
     else:
-        for root in (SHARED_DATA, SHARED_DATA / spec.key):
+        for root in (*locate.search_roots(spec.key), locate.SHARED_DATA):
             folder = _native_folder(root, spec) if root.is_dir() else None
             if folder is not None:
                 raw = _load_native(folder, spec)

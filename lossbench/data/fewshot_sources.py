@@ -26,7 +26,8 @@ by class. The sources here put every image in ``x_train`` / ``y_train`` (global 
   layout, re-split by WordNet id with the lists below).
 
 Where images come from, in order: ``data.dir`` (native layout, the folder itself or its parent),
-the shared data folder next to the repository (``../shared/data``), then Hugging Face
+``$LOSSBENCH_DATA/<name>``, ``../shared/data/<name>`` and ``../shared/data`` itself
+(``lossbench.data.locate``; name ``omniglot`` / ``mini-imagenet``), then Hugging Face
 (mini-ImageNet only). Offline with none: a one-line ``UserError`` saying how to supply the data.
 """
 
@@ -42,14 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.data import locate
 from lossbench.data.hub import HubUnavailable, load_hf_dataset
 from lossbench.data.noise import CIFAR100_COARSE_NAMES, CIFAR100_COARSE_OF, CIFAR100_FINE_NAMES
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
 from lossbench.registry import Registry
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-"""Fallback folder shared by checkouts (``<repo>/../shared/data``)."""
 
 # --- Published splits -------------------------------------------------------------------------
 
@@ -238,6 +237,17 @@ def _first_folder(root: Path, subdirs: Sequence[str], found: Callable[[Path], bo
     return None
 
 
+def _first_found(name: str, subdirs: Sequence[str], found: Callable[[Path], bool]
+                 ) -> Path | None:
+    """``_first_folder`` over ``lossbench.data.locate``'s roots for ``name`` (``$LOSSBENCH_DATA/
+    <name>``, ``../shared/data/<name>``), then ``../shared/data`` itself."""
+    for root in (*locate.search_roots(name), locate.SHARED_DATA):
+        folder = _first_folder(root, subdirs, found)
+        if folder is not None:
+            return folder
+    return None
+
+
 # --- Omniglot ---------------------------------------------------------------------------------
 
 _OMNIGLOT_SETS = ("images_background", "images_evaluation")
@@ -289,7 +299,8 @@ def omniglot(dir: str = "", image_size: int = 28, val_alphabets: int = 5, split_
     require(image_size >= 8, f"data.image_size must be >= 8, got {image_size}")
     require(val_alphabets >= 1, f"data.val_alphabets must be >= 1, got {val_alphabets}")
     subdirs = ("python", "omniglot", "omniglot/python", "omniglot-master/python")
-    folder = _first_folder(Path(dir).expanduser() if dir else SHARED_DATA, subdirs, _is_omniglot)
+    folder = (_first_folder(Path(dir).expanduser(), subdirs, _is_omniglot) if dir
+              else _first_found("omniglot", subdirs, _is_omniglot))
     if folder is None and dir:
         raise UserError(f"data.dir={dir} holds no images_background/ and images_evaluation/ "
                         f"folders; unzip them from {OMNIGLOT_URL}")
@@ -410,7 +421,7 @@ def mini_imagenet(dir: str = "", image_size: int = 84, hf_id: str = "timm/mini-i
         require(folder is not None, f"data.dir={dir} holds neither train.csv/val.csv/test.csv "
                 f"with images/ nor train/ val/ test/ class folders ({MINI_IMAGENET_URL})")
     else:
-        folder = _first_folder(SHARED_DATA, subdirs, _is_mini)
+        folder = _first_found("mini-imagenet", subdirs, _is_mini)
     if folder is not None:
         return _load_mini_native(folder, image_size)
     return _load_mini_hf(hf_id, cache_dir, image_size)

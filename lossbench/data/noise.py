@@ -90,12 +90,43 @@ CIFAR100_FLIPS: dict[int, int] = {
 }
 """Each fine class flips to the next one (by id, circularly) within its real superclass."""
 
+FASHION_MNIST_FLIPS: dict[int, int] = {9: 7, 7: 5, 2: 6, 4: 3, 3: 4}
+"""Zhang & Sabuncu, NeurIPS 2018 (GCE), class-dependent noise on Fashion-MNIST: boot->sneaker,
+sneaker->sandal, pullover->shirt, coat<->dress (labels: 2 pullover, 3 dress, 4 coat, 5 sandal,
+6 shirt, 7 sneaker, 9 ankle boot)."""
+
+
+def _swaps(*pairs: tuple[int, int]) -> dict[int, int]:
+    """Pair swaps a<->b as a flip map."""
+    return {k: v for a, b in pairs for k, v in ((a, b), (b, a))}
+
+
+LETTER_PAIRS = _swaps((1, 3), (2, 6), (4, 5), (7, 13), (8, 11), (10, 23), (12, 22), (14, 16),
+                      (15, 17), (20, 21))
+"""LDR paper's class-dependent noise on Letter (``classDep_letter`` in its official
+``utils.py``): B<->D, C<->G, E<->F, H<->N, I<->L, K<->X, M<->W, O<->Q, P<->R, U<->V; A, J, S, T,
+Y, Z never flip."""
+
+VOWEL_PAIRS = _swaps((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+"""LDR paper's class-dependent noise on Vowel (``classDep_vowel``): 0<->1, 2<->3, 4<->5, 6<->7,
+8<->9; class 10 never flips."""
+
+NEWS20_PAIRS = _swaps((2, 5), (3, 4), (7, 8), (9, 10), (11, 12), (15, 18))
+"""LDR paper's class-dependent noise on News20 (``classDep_news20``)."""
+
 ASYM_MAPS: dict[str, dict[int, int]] = {
     "mnist": MNIST_FLIPS,
     "cifar10": CIFAR10_FLIPS,
     "cifar100": CIFAR100_FLIPS,
+    "fashion-mnist": FASHION_MNIST_FLIPS,
+    "letter": LETTER_PAIRS,
+    "vowel": VOWEL_PAIRS,
+    "news20": NEWS20_PAIRS,
 }
-_MAP_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+_MAP_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "fashion-mnist": 10, "letter": 26,
+                "vowel": 11, "news20": 20}
+LDR_MAPS = ("letter", "vowel", "news20")
+"""The maps of the LDR paper's ``class-dependent`` model."""
 
 
 # --- Report and entry point -------------------------------------------------------------------
@@ -220,18 +251,26 @@ def symmetric(y: np.ndarray, num_classes: int, rng: np.random.Generator, *,
     return y
 
 
-@NOISE.register("asym")
+@NOISE.register("asym", auto_map="asym_map")
 def asym(y: np.ndarray, num_classes: int, rng: np.random.Generator, *, meta: Mapping[str, Any],
          rate: float = 0.0,
-         map_: Literal["auto", "mnist", "cifar10", "cifar100"] = "auto") -> np.ndarray:
+         map_: Literal["auto", "mnist", "cifar10", "cifar100", "fashion-mnist", "letter",
+                       "vowel", "news20"] = "auto") -> np.ndarray:
     """Class-dependent flips (Patrini et al., CVPR 2017): a source class flips to its target.
 
     Each example of a source class flips with prob ``rate``; flips are decided from the clean
     labels at once (a cat turned dog never turns back). ``map=auto`` takes the source's standard
     map: mnist (2->7, 3->8, 5<->6, 7->1), cifar10 (truck->automobile, bird->airplane,
-    deer->horse, cat<->dog), cifar100 (next class within its superclass).
+    deer->horse, cat<->dog), cifar100 (next class within its superclass), fashion-mnist (GCE:
+    boot->sneaker->sandal, pullover->shirt, coat<->dress); the LDR paper's pair swaps (letter,
+    vowel, news20) can be named too.
     """
-    name = str(meta.get("asym_map", "")) if map_ == "auto" else map_
+    return _flip_by_map(y, num_classes, rng, meta, rate,
+                        str(meta.get("asym_map", "")) if map_ == "auto" else map_)
+
+
+def _flip_by_map(y: np.ndarray, num_classes: int, rng: np.random.Generator,
+                 meta: Mapping[str, Any], rate: float, name: str) -> np.ndarray:
     if name not in ASYM_MAPS:
         raise ValueError("this dataset has no standard flip map; set noise.map="
                          + "|".join(ASYM_MAPS))
@@ -248,6 +287,36 @@ def asym(y: np.ndarray, num_classes: int, rng: np.random.Generator, *, meta: Map
         target[src] = dst
     flip = _flip_mask(rng, len(y), rate) & (target[y] != y)
     return np.where(flip, target[y], y)
+
+
+@NOISE.register("uniform")
+def uniform(y: np.ndarray, num_classes: int, rng: np.random.Generator, *,
+            rate: float = 0.0) -> np.ndarray:
+    """The LDR paper's uniform noise (Zhu, Ying & Yang, ICML 2023; ``uniform_noise`` in its
+    official ``utils.py``): with prob ``rate`` a label is redrawn uniformly from ALL K classes,
+    the true one included, so the realised rate is ``rate * (K-1)/K`` (0.6 on Letter: 0.577).
+
+    The same distribution as ``symmetric`` with ``include_true = true``; named so that a task
+    states the paper's model. The report keeps the requested rate and the realised one.
+    """
+    return symmetric(y, num_classes, rng, rate=rate, include_true=True)
+
+
+@NOISE.register("class-dependent", auto_map="pair_map")
+def class_dependent(y: np.ndarray, num_classes: int, rng: np.random.Generator, *,
+                    meta: Mapping[str, Any], rate: float = 0.0,
+                    map_: Literal["auto", "letter", "vowel", "news20"] = "auto") -> np.ndarray:
+    """The LDR paper's class-dependent noise (``classDep_letter`` / ``classDep_vowel`` /
+    ``classDep_news20`` in its official ``utils.py``): with prob ``rate`` a label is swapped
+    with its partner class. Letter: B<->D, C<->G, E<->F, H<->N, I<->L, K<->X, M<->W, O<->Q,
+    P<->R, U<->V; Vowel: 0<->1, 2<->3, 4<->5, 6<->7, 8<->9. Classes without a partner never
+    change, so the realised rate is ``rate`` times their complement's share (20/26 of Letter's
+    classes, 10/11 of Vowel's). ``map=auto`` takes the source's ``pair_map``.
+    """
+    name = str(meta.get("pair_map", "")) if map_ == "auto" else map_
+    if name not in LDR_MAPS:
+        raise ValueError("this dataset has no LDR pair map; set noise.map=" + "|".join(LDR_MAPS))
+    return _flip_by_map(y, num_classes, rng, meta, rate, name)
 
 
 @NOISE.register("pairflip")

@@ -7,7 +7,8 @@ Cars196: 1-98 / 99-196 (the ``test`` flag of ``cars_annos.mat`` is ignored); SOP
 ``Ebay_train.txt`` (11,318) / ``Ebay_test.txt`` (11,316).
 
 Where the images come from, in order: ``data.dir`` (the dataset's native layout, the folder
-itself or its parent), the shared data folder next to the repository (``../shared/data``), then
+itself or its parent), ``$LOSSBENCH_DATA/<source>``, ``../shared/data/<source>`` and
+``../shared/data`` itself (``lossbench.data.locate``; source cub200, cars196 or sop), then
 a Hugging Face dataset named by ``data.hf_id`` (any dataset with an image column and an integer
 class column; all its splits are pooled and the classes split by sorted id as above). Images are
 decoded with PIL, resized (shorter side) and centre-cropped to ``image_size`` squared, RGB.
@@ -24,11 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.data import locate
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-"""Fallback folder shared by checkouts (``<repo>/../shared/data``)."""
 
 Listing = tuple[list[Path], np.ndarray, np.ndarray]
 """(image paths, original class ids, is-training-class flags)."""
@@ -46,6 +45,8 @@ class DmlSet:
     read: Callable[[Path], Listing]
     train_share: float
     """Fraction of the sorted class ids that are training classes (HF path)."""
+    key: str
+    """The source's name, also the folder ``lossbench.data.locate`` looks for."""
 
 
 # --- Native layouts -----------------------------------------------------------------------------
@@ -120,16 +121,16 @@ def _read_sop(root: Path) -> Listing:
 CUB = DmlSet(
     "CUB-200-2011", "CUB_200_2011", ("images.txt", "image_class_labels.txt"),
     "CUB_200_2011/{images.txt, image_class_labels.txt, images/}",
-    "https://www.vision.caltech.edu/datasets/cub_200_2011/", _read_cub, 0.5,
+    "https://www.vision.caltech.edu/datasets/cub_200_2011/", _read_cub, 0.5, "cub200",
 )
 CARS = DmlSet(
     "Cars196", "cars196", ("cars_annos.mat",), "a folder with cars_annos.mat and car_ims/",
-    "https://ai.stanford.edu/~jkrause/cars/car_dataset.html", _read_cars, 0.5,
+    "https://ai.stanford.edu/~jkrause/cars/car_dataset.html", _read_cars, 0.5, "cars196",
 )
 SOP = DmlSet(
     "Stanford Online Products", "Stanford_Online_Products", ("Ebay_train.txt", "Ebay_test.txt"),
     "Stanford_Online_Products/{Ebay_train.txt, Ebay_test.txt, <category>_final/}",
-    "https://cvgl.stanford.edu/projects/lifted_struct/", _read_sop, 11318 / 22634,
+    "https://cvgl.stanford.edu/projects/lifted_struct/", _read_sop, 11318 / 22634, "sop",
 )
 
 
@@ -231,9 +232,10 @@ def load_dml(spec: DmlSet, dir_: str, image_size: int, hf_id: str, cache_dir: st
         require(folder is not None, f"{dir_} does not hold {spec.title} in its native layout "
                 f"({spec.layout}); get it from {spec.url}")
         return _load_native(folder, spec, image_size)
-    shared = _native_folder(SHARED_DATA, spec)
-    if shared is not None:
-        return _load_native(shared, spec, image_size)
+    for root in (*locate.search_roots(spec.key), locate.SHARED_DATA):
+        found = _native_folder(root, spec)
+        if found is not None:
+            return _load_native(found, spec, image_size)
     require(bool(hf_id), f"{spec.title} not found: pass --set data.dir=<{spec.layout}> "
             f"(from {spec.url}) or --set data.hf_id=<a Hugging Face dataset with image and "
             "label columns>")

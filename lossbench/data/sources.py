@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lossbench.data import sklearn_files
 from lossbench.errors import require
 from lossbench.registry import Registry
 
@@ -74,13 +75,12 @@ def sklearn_digits(test_fraction: float = 0.25, split_seed: int = 0) -> RawSplit
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): offline, the smoke workhorse.
 
     Digits has no official test split, so a stratified one is drawn with ``split_seed`` (fixed
-    across run seeds, so every seed and loss is scored on the same test images).
+    across run seeds, so every seed and loss is scored on the same test images). Read from
+    scikit-learn's bundled file without importing scikit-learn (``sklearn_files``).
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
+    pixels, target = sklearn_files.digits()
+    x = (pixels / 16.0).astype(np.float32)
+    y = target.astype(np.int64)
     train, test = stratified_split(y, test_fraction, split_seed)
     meta = {"asym_map": "mnist"}
     return RawSplits(x[train], y[train], x[test], y[test], 10, "tabular", meta)

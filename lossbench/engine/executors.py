@@ -8,9 +8,8 @@ import gc
 import json
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from multiprocessing import get_context
 from typing import Any
 
@@ -23,13 +22,15 @@ from lossbench.engine.train import Diverged, resolve_device
 from lossbench.errors import UserError
 from lossbench.families import FAMILIES, RunContext, RunOutput
 from lossbench.families.base import Reporter
+from lossbench.models import MODELS
+from lossbench.plugins import register_sources
 
 Record = dict[str, Any]
 
 
 def _record(cfg: RunConfig, dev: torch.device) -> Record:
     return {
-        "run_key": cfg.key, "config": asdict(cfg), "device": device_name(dev),
+        "run_key": cfg.key, "config": cfg.as_dict(), "device": device_name(dev),
         "versions": versions(), "git_commit": git_commit(), "started_at": now(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -111,37 +112,53 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
 AUTO_PACK = {"cpu": 1, "cuda": 16}
 """``--pack auto`` per device type. CPU: 1, because packing measured slower there (digits MLP
 grid at pack 8: 0.71x the runs/hour; CIFAR quick model at pack 4: 0.78x the images/s, vmap's
-grouped convolutions; benchmarks/RESULTS.md). CUDA: up to 16 runs, halved by ``run_group``
-whenever a group does not fit in memory (a guess until measured on a GPU)."""
+grouped convolutions; benchmarks/RESULTS.md) -- unless the task's model says it is tiny (the
+model registry's ``cpu_pack`` tag: the LDR paper's tabular MLPs pack 32 runs, 2.1x the runs/hour
+of one by one). CUDA: up to 16 runs, halved by ``run_group`` whenever a group does not fit in
+memory (a guess until measured on a GPU)."""
 
 
-def pack_size(pack: int | str, device: str) -> int:
-    """``--pack`` value -> runs per packed group on ``device`` (``auto`` from ``AUTO_PACK``).
-    Read from the device name, not resolved here: Ray workers may have a GPU the driver lacks."""
+def pack_size(pack: int | str, device: str, model: Mapping[str, Any] | None = None) -> int:
+    """``--pack`` value -> runs per packed group on ``device`` (``auto``: ``AUTO_PACK``, or the
+    ``model`` table's ``cpu_pack`` hint on a CPU). Read from the device name, not resolved here:
+    Ray workers may have a GPU the driver lacks."""
     if pack == "auto":
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return AUTO_PACK.get(device.split(":")[0], 1)
+        kind = device.split(":")[0]
+        if kind == "cpu" and model and str(model.get("name")) in MODELS:
+            hint = MODELS.get(str(model["name"])).tags.get("cpu_pack")
+            if hint is not None:
+                return int(hint({k: v for k, v in model.items() if k != "name"}))
+        return AUTO_PACK.get(kind, 1)
     size = int(pack) if isinstance(pack, int) or pack.isdigit() else 0
     if size >= 1:
         return size
     raise UserError(f"--pack must be an integer >= 1 or 'auto', got {pack!r}")
 
 
-def pack_groups(configs: Sequence[RunConfig], pack: int) -> list[list[RunConfig]]:
-    """Consecutive groups of at most ``pack`` runs sharing family, task, budget and spec, and
-    the family's ``pack_key`` where it declares one (regression: the split and head size)."""
+def pack_groups(configs: Sequence[RunConfig], pack: int | str, device: str
+                ) -> list[list[RunConfig]]:
+    """The runs in the groups they train in: consecutive runs sharing family, task, budget and
+    spec, and the family's ``pack_key(cfg)`` where it declares one (regression: the split and
+    head size; classification with ``split.kfold``: the seed, which picks the fold), at most
+    ``pack_size`` per group (one by one when that is 1)."""
     by_spec: dict[str, list[RunConfig]] = {}
     for cfg in configs:
         pack_key = FAMILIES.get(cfg.family).tags.get("pack_key")
-        extra = pack_key(cfg.loss, cfg.loss_params, cfg.seed) if pack_key else None
+        extra = pack_key(cfg) if pack_key else None
         key = json.dumps([cfg.family, cfg.spec, cfg.device, cfg.threads, extra], sort_keys=True,
                          default=str)
         by_spec.setdefault(key, []).append(cfg)
-    return [runs[i : i + pack] for runs in by_spec.values() for i in range(0, len(runs), pack)]
+    groups: list[list[RunConfig]] = []
+    for runs in by_spec.values():
+        size = pack_size(pack, device, runs[0].spec.get("model"))
+        groups += [runs[i : i + size] for i in range(0, len(runs), size)]
+    return groups
 
 
 def _pool_worker(group: Sequence[RunConfig], device: str) -> list[Record]:
+    register_sources(group)  # plug-in losses, loaded here by reference: nothing is pickled
     return run_group(group, device)
 
 
@@ -157,8 +174,7 @@ def run_local(
     ``pack`` > 1 trains up to that many runs of one task and budget as one packed computation;
     ``auto`` picks the size for the device (``pack_size``).
     """
-    size = pack_size(pack, device)
-    groups = pack_groups(configs, size) if size > 1 else [[cfg] for cfg in configs]
+    groups = pack_groups(configs, pack, device)
     if workers <= 1:
         for group in groups:
             if len(group) == 1:
@@ -202,8 +218,7 @@ def run_ray(
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run)(_pool_worker)
-    size = pack_size(pack, device)
-    groups = pack_groups(configs, size) if size > 1 else [[cfg] for cfg in configs]
+    groups = pack_groups(configs, pack, device)
     pending = [remote.remote(group, device) for group in groups]
     try:
         while pending:

@@ -3,7 +3,9 @@
 The run key is a hash of the fully resolved config (task spec after budget and ``--set``, loss
 name, loss params with defaults filled in, seed) and of what changes the numbers of the same
 config (the device type and the torch thread count), so a changed default, override or numeric
-setting is a new run and a results folder never mixes numbers under one key.
+setting is a new run and a results folder never mixes numbers under one key. A plug-in loss
+adds the sha256 of its source file (an edited loss is a new run); a task file from outside the
+package needs nothing more, its content being in the resolved spec.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any
 
+from lossbench import plugins
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.losses import LOSSES
-from lossbench.registry import Entry, check_params, parse_spec
-from lossbench.spec import resolve_task
+from lossbench.registry import Entry, check_params
+from lossbench.spec import outside_task_file, resolve_task
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,34 @@ class RunConfig:
     """Device type the run trains on (``cpu`` / ``cuda``): numbers differ between them."""
     threads: int = 1
     """Torch CPU threads of the run: float sums (and so numbers) depend on it."""
+    loss_source: Mapping[str, str] | None = None
+    """Plug-in losses only: ``spec`` (the reference) and ``sha256`` (of the file defining it),
+    both in the key, and where a worker process loads it from (``target``, ``file``)."""
+    task_file: str | None = None
+    """Tasks from outside the package only: the TOML's path, recorded but not in the key (the
+    resolved ``spec`` is, so the file's content is covered)."""
 
-    @property
+    def as_dict(self) -> dict[str, Any]:
+        """The config as records store it; the plug-in fields appear only where set, so a
+        built-in run's record and key are unchanged by their existence."""
+        config = asdict(self)
+        for name in ("loss_source", "task_file"):
+            if config[name] is None:
+                del config[name]
+        return config
+
+    @cached_property
     def key(self) -> str:
-        return run_key(asdict(self))
+        """``run_key`` of ``as_dict()`` without ``task_file`` and with only a plug-in's identity
+        (``spec``, ``sha256``: the code, not where it lies), computed faster: the spec (shared by
+        a task's configs) is serialised once, not deep-copied and serialised per config."""
+        config = {f.name: getattr(self, f.name) for f in fields(self)} | {"spec": _SPEC_SLOT}
+        del config["task_file"]
+        if self.loss_source is None:
+            del config["loss_source"]
+        else:
+            config["loss_source"] = {k: self.loss_source[k] for k in ("spec", "sha256")}
+        return _digest(_canonical(config).replace(_SPEC_SLOT_TEXT, _spec_text(self.spec), 1))
 
     @property
     def label(self) -> str:
@@ -48,8 +76,30 @@ class RunConfig:
 
 
 def run_key(config: Mapping[str, Any]) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return _digest(_canonical(config))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_SPEC_SLOT = "\x00spec\x00"  # no field holds a NUL character: a unique placeholder
+_SPEC_SLOT_TEXT = _canonical(_SPEC_SLOT)
+_SPEC_TEXTS: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """``_canonical(spec)``, once per spec object (held, so its id is not reused)."""
+    hit = _SPEC_TEXTS.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_SPEC_TEXTS) > 256:
+            _SPEC_TEXTS.clear()
+        hit = _SPEC_TEXTS[id(spec)] = (spec, _canonical(spec))
+    return hit[1]
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -86,22 +136,27 @@ def accepted_kinds(family: str) -> tuple[str, ...]:
     return tuple(FAMILIES.get(family).tags.get("accepts", ()))
 
 
-def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str, Any]]]:
-    """Loss specs -> (name, resolved params). ``all`` means every loss the family accepts."""
+LossChoice = tuple[str, dict[str, Any], dict[str, str] | None]
+"""(loss name, resolved params, plug-in source or None)."""
+
+
+def expand_losses(specs: Iterable[str], family: str) -> list[LossChoice]:
+    """Loss specs -> (name, resolved params, plug-in source). ``all`` means every built-in
+    loss the family accepts; plug-ins (``plugins.parse_loss_spec``) get the same checks."""
     kinds = accepted_kinds(family)
     supplies = set(FAMILIES.get(family).tags.get("supplies", ()))
 
     def trainable(entry: Entry[Any]) -> bool:
         return entry.tags["consumes"] in kinds and set(entry.context) <= supplies
 
-    out: list[tuple[str, dict[str, Any]]] = []
+    out: list[LossChoice] = []
     for text in specs:
-        name, raw = parse_spec(text)
+        name, raw = plugins.parse_loss_spec(text)
         if name == "all":
             require(not raw, "'all' takes no parameters")
-            out += [(e.name, e.resolve({})) for e in LOSSES if trainable(e)]
+            out += [(e.name, e.resolve({}), None) for e in LOSSES if trainable(e)]
             continue
-        entry = LOSSES.get(name)
+        entry, source = plugins.lookup(name)
         consumes = entry.tags["consumes"]
         require(
             consumes in kinds,
@@ -110,13 +165,14 @@ def expand_losses(specs: Iterable[str], family: str) -> list[tuple[str, dict[str
         missing = sorted(set(entry.context) - supplies)
         require(not missing, f"loss '{name}' needs {', '.join(missing)}, which a {family} task "
                              "does not provide")
-        out.append((name, check_params(entry, raw)))
+        params = check_params(entry, raw) if source is None else plugins.probe(entry, raw)
+        out.append((name, params, source))
     return out
 
 
 def expand(
     losses: Sequence[str],
-    tasks: Sequence[str],
+    tasks: Sequence[str | tuple[str, Sequence[str]]],
     seeds: Sequence[int] | None,
     budget: str,
     overrides: Sequence[str] = (),
@@ -124,12 +180,15 @@ def expand(
     threads: int = 1,
 ) -> list[RunConfig]:
     """The grid in run order (task, loss, seed), duplicates removed; ``device`` is the device
-    type the runs will train on, ``threads`` their torch CPU thread count."""
+    type the runs will train on, ``threads`` their torch CPU thread count. A task may carry its
+    own overrides, ``(task, [key=value, ...])`` (a suite's setting); ``overrides`` (``--set``)
+    apply after them."""
     require(bool(losses), "no --loss given; try --loss ce or --loss all")
     require(bool(tasks), "no --task given; see `lossbench list tasks`")
     runs: dict[str, RunConfig] = {}
-    for task in tasks:
-        spec = resolve_task(task, budget, overrides)
+    for entry in tasks:
+        task, own = (entry, ()) if isinstance(entry, str) else entry
+        spec = resolve_task(task, budget, [*own, *overrides])
         family = str(spec.get("family", ""))
         check = FAMILIES.get(family).tags.get("check")
         if check is not None:
@@ -137,11 +196,12 @@ def expand(
         default_seeds = task_default_seeds(spec)  # checked even when --seeds replaces them
         task_seeds = list(seeds) if seeds is not None else default_seeds
         check_loss = FAMILIES.get(family).tags.get("check_loss")
-        for name, params in expand_losses(losses, family):
+        task_file = outside_task_file(task)
+        for name, params, source in expand_losses(losses, family):
             if check_loss is not None:
                 check_loss(spec, name)
             for seed in task_seeds:
-                cfg = RunConfig(task, family, budget, name, params, int(seed), spec, device,
-                                threads)
+                cfg = RunConfig(spec["task"], family, budget, name, params, int(seed), spec,
+                                device, threads, source, task_file)
                 runs.setdefault(cfg.key, cfg)
     return list(runs.values())

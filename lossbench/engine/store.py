@@ -2,9 +2,9 @@
 
 Layout under an output folder::
 
-    records/<run-key>.json   one per finished run (status ok / diverged / failed)
-    runs.parquet, runs.csv   tidy: one row per run x final metric (columns in README)
-    curves.parquet           tidy: one row per run x metric x epoch
+    records/<run-key>.json   one per finished run (status ok / diverged / failed): the truth
+    runs.parquet/, curves.parquet/   the tidy tables, a cache of the records kept up to date
+                             run by run (``lossbench.engine.tables``); runs.csv on request
 
 A run whose record says ``ok`` or ``diverged`` is finished (divergence is a result: the same seed
 diverges again); a ``failed`` run (a crash) is retried on the next invocation. ``--force`` re-runs
@@ -15,20 +15,38 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-FINISHED = frozenset({"ok", "diverged"})
-RUN_COLUMNS = [
-    "run_key", "task", "family", "budget", "loss", "loss_params", "seed", "status", "reason",
-    "noise_kind", "noise_rate", "noise_realised", "metric", "value", "wall_s", "device",
-    "git_commit", "lossbench_version", "torch_version", "finished_at",
-]
-CURVE_COLUMNS = ["run_key", "task", "loss", "loss_params", "seed", "metric", "epoch", "value"]
+from lossbench.engine.tables import (
+    CURVE_COLUMNS,
+    FINISHED,
+    RUN_COLUMNS,
+    SAVE_WAIT_S,
+    TABLE_ERRORS,
+    SyncReport,
+    Tables,
+    TablesBusy,
+    curve_series,
+    file_stamp,
+    rows_of,
+)
+from lossbench.errors import UserError
+
+__all__ = ["CURVE_COLUMNS", "FINISHED", "RUN_COLUMNS", "Store", "curve_points", "tidy_curves",
+           "tidy_runs"]
+
+
+LISTING_TTL_NS = 10 * 10**9
+_LISTINGS: dict[str, tuple[int, int, dict[str, int]]] = {}
+"""Per records folder: (its mtime, when listed, the listing), reused within one process."""
 
 
 class Store:
@@ -37,6 +55,10 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.records_dir = self.root / "records"
+        self.unreadable: list[tuple[Path, str]] = []
+        """Records found unreadable by the last ``records()`` or table update: (path, why)."""
+        self.tables_problem = ""
+        """Why the last ``save`` could not add its rows to the tables ('' when it did)."""
 
     def path(self, key: str) -> Path:
         return self.records_dir / f"{key}.json"
@@ -60,6 +82,42 @@ class Store:
             raise
         return target
 
+    def save(self, record: Mapping[str, Any]) -> Path:
+        """Write the record, then add its rows to the tables. The record is what counts: when the
+        tables cannot be updated (busy, disk full), ``tables_problem`` says why and the next
+        report adds the rows from the record."""
+        path = self.write(record)
+        try:
+            self.tables.add([record], 0.0 if self.tables_problem else SAVE_WAIT_S)
+            self.tables_problem = ""
+        except (*TABLE_ERRORS, TablesBusy, UserError) as err:
+            self.tables_problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return path
+
+    def listing(self) -> dict[str, int] | None:
+        """Stamp (``file_stamp``) of every record file by key: listing a folder is cheap, parsing
+        every record is not. None when there is no records folder."""
+        try:
+            folder = os.stat(self.records_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISDIR(folder.st_mode):
+            return None
+        path = os.path.abspath(self.records_dir)
+        started = time.time_ns()
+        cached = _LISTINGS.get(path)
+        # A record written, renamed or removed changes the folder's mtime; a listing taken well
+        # after that mtime (not in the same clock tick) and not long ago is still the listing.
+        if cached is not None and cached[0] == folder.st_mtime_ns and (
+                cached[1] - folder.st_mtime_ns > 1e9 and started - cached[1] < LISTING_TTL_NS):
+            return cached[2]
+        with os.scandir(self.records_dir) as entries:  # file_stamp, inlined: 100k calls
+            listing = {e.name[:-5]: hash((st.st_ino, st.st_mtime_ns, st.st_size))
+                       for e in entries if e.name.endswith(".json") and e.name[0] != "."
+                       for st in (e.stat(),)}
+        _LISTINGS[path] = (folder.st_mtime_ns, started, listing)
+        return listing
+
     def run_keys(self) -> list[str]:
         """Keys of the record files (temp files of an unfinished write are never records)."""
         if not self.records_dir.is_dir():
@@ -69,35 +127,46 @@ class Store:
 
     def read(self, key: str) -> dict[str, Any] | None:
         """The record of ``key``; None when it is missing or unreadable (see ``check_record``)."""
-        record, _ = _load(self.path(key))
+        record, _, _ = self.load(key)
         return record
+
+    def load(self, key: str) -> tuple[dict[str, Any] | None, str, int]:
+        """(record, '', stamp) or (None, why it cannot be used, 0); the stamp is the one of the
+        file the record was read from."""
+        return _load(self.path(key))
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable record; unreadable ones are listed in ``self.unreadable`` (path,
         why) and count as not finished, so a resume re-runs them."""
-        self.unreadable: list[tuple[Path, str]] = []
+        self.unreadable = []
         out = []
         for key in self.run_keys():
-            record, problem = _load(self.path(key))
+            record, problem, _ = _load(self.path(key))
             if record is None:
                 self.unreadable.append((self.path(key), problem))
             else:
                 out.append(record)
         return out
 
-    def done_keys(self) -> set[str]:
-        return {r["run_key"] for r in self.records() if r.get("status") in FINISHED}
+    @cached_property
+    def tables(self) -> Tables:
+        return Tables(self)
 
-    def write_tables(self) -> pd.DataFrame:
-        """Rebuild the tidy tables from all records; returns the runs table."""
-        records = self.records()
-        runs = tidy_runs(records)
-        curves = tidy_curves(records)
-        self.root.mkdir(parents=True, exist_ok=True)
-        runs.to_csv(self.root / "runs.csv", index=False)
-        runs.to_parquet(self.root / "runs.parquet", index=False)
-        curves.to_parquet(self.root / "curves.parquet", index=False)
-        return runs
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Finished runs from the tables: key -> {status, versions: {torch, lossbench}}. Only
+        records not yet in the tables are parsed; unreadable ones land in ``unreadable``."""
+        self.unreadable = []
+        return self.tables.finished()
+
+    def done_keys(self) -> set[str]:
+        return set(self.finished())
+
+    def write_tables(self, rebuild: bool = False) -> SyncReport:
+        """Bring the tables up to date with the records, adding only what they lack
+        (``rebuild``: every record, replacing all rows)."""
+        report = self.tables.sync(rebuild)
+        self.unreadable = report.unreadable
+        return report
 
 
 def _umask() -> int:
@@ -117,63 +186,31 @@ def check_record(record: Any, key: str) -> str:
     return ""
 
 
-def _load(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(record, '') or (None, why it cannot be used)."""
+def _load(path: Path) -> tuple[dict[str, Any] | None, str, int]:
+    """(record, '', stamp) or (None, why it cannot be used, 0)."""
     try:
-        record = json.loads(path.read_text())
+        with path.open("rb") as fh:
+            stamp = file_stamp(os.fstat(fh.fileno()))
+            record = json.loads(fh.read())
     except FileNotFoundError:
-        return None, "missing"
+        return None, "missing", 0
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"unreadable ({type(err).__name__}: {err})"
+        return None, f"unreadable ({type(err).__name__}: {err})", 0
     problem = check_record(record, path.stem)
-    return (None, problem) if problem else (record, "")
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return (None, problem, 0) if problem else (record, "", stamp)
 
 
 def tidy_runs(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per run x final metric; a run with no metrics (failed) keeps one row, metric=None."""
-    rows: list[dict[str, Any]] = []
-    for rec in records:
-        cfg = rec["config"]
-        # Diverged/failed runs have no noise report: fall back to the requested noise in the spec,
-        # so they land in the right column of a noise sweep (realised rate unknown).
-        requested = cfg.get("spec", {}).get("noise") or {}
-        noise = (rec.get("info") or {}).get("noise") or {
-            "kind": requested.get("kind", "none"),
-            "requested_rate": requested.get("rate", 0.0),
-            "realised_rate": float("nan"),
-        }
-        base = {
-            "run_key": rec["run_key"], "task": cfg["task"], "family": cfg["family"],
-            "budget": cfg["budget"], "loss": cfg["loss"],
-            "loss_params": _params_text(cfg["loss_params"]), "seed": cfg["seed"],
-            "status": rec["status"], "reason": rec.get("reason", ""),
-            "noise_kind": noise.get("kind", "none"),
-            "noise_rate": noise.get("requested_rate", 0.0),
-            "noise_realised": noise.get("realised_rate", 0.0),
-            "wall_s": rec.get("wall_s"), "device": rec.get("device"),
-            "git_commit": rec.get("git_commit"),
-            "lossbench_version": rec.get("versions", {}).get("lossbench"),
-            "torch_version": rec.get("versions", {}).get("torch"),
-            "finished_at": rec.get("finished_at"),
-        }
-        metrics = rec.get("metrics") or {None: None}
-        rows += [base | {"metric": m, "value": v} for m, v in metrics.items()]
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return rows_of(records).runs_table().to_pandas()
+
+
+def curve_points(curves: Mapping[str, list[float]]) -> list[tuple[str, int, float]]:
+    """(metric, 1-based epoch, value) of a record's curves (see ``tables.curve_series``)."""
+    return [(metric, epoch, value) for metric, epochs, values in curve_series(curves)
+            for epoch, value in zip(epochs or range(1, len(values) + 1), values, strict=False)]
 
 
 def tidy_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    rows = [
-        {
-            "run_key": rec["run_key"], "task": rec["config"]["task"], "loss": rec["config"]["loss"],
-            "loss_params": _params_text(rec["config"]["loss_params"]),
-            "seed": rec["config"]["seed"], "metric": metric, "epoch": epoch + 1, "value": value,
-        }
-        for rec in records
-        for metric, values in (rec.get("curves") or {}).items()
-        for epoch, value in enumerate(values)
-    ]
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    """One row per run x metric x scored epoch."""
+    return rows_of(records).curves_table().to_pandas()

@@ -12,12 +12,13 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from lossbench.engine.cpu_optim import CpuAdamW, CpuSGD
 from lossbench.errors import UserError, require
 from lossbench.spec import typed_table
 
@@ -73,18 +74,36 @@ class TrainConfig:
         return cfg
 
 
-def _sgd(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+class Optimizer(Protocol):
+    """What the engine needs of an optimizer (``torch.optim``'s or ``engine.cpu_optim``'s)."""
+
+    param_groups: list[dict[str, Any]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
 
 
-def _adamw(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _on_cpu(groups: list[dict[str, Any]]) -> bool:
+    return all(p.device.type == "cpu" for group in groups for p in group["params"])
 
 
-OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], torch.optim.Optimizer]] = {
+def _sgd(params: Any, cfg: TrainConfig) -> Optimizer:
+    """``torch.optim.SGD``'s update; on CPU by ``CpuSGD`` (same bits, no torch._dynamo import)."""
+    groups = list(params)
+    sgd = CpuSGD if _on_cpu(groups) else torch.optim.SGD
+    return sgd(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+               weight_decay=cfg.weight_decay)
+
+
+def _adamw(params: Any, cfg: TrainConfig) -> Optimizer:
+    """``torch.optim.AdamW``'s update; on CPU by ``CpuAdamW`` (same bits, no torch._dynamo)."""
+    groups = list(params)
+    adamw = CpuAdamW if _on_cpu(groups) else torch.optim.AdamW
+    return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], Optimizer]] = {
     "sgd": _sgd,
     "adamw": _adamw,
 }
@@ -126,7 +145,7 @@ def param_groups(model_params: Iterable[nn.Parameter], loss: nn.Module) -> list[
     return groups
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 

@@ -55,10 +55,16 @@ def config_table(cls: type[C], spec: Mapping[str, Any], name: str) -> C:
 
 
 def check_common(spec: Mapping[str, Any]) -> TrainConfig:
-    """The checks every family's spec needs before any data loads: the data source's options,
-    the model's options and the [train] table (returned, parsed)."""
+    """The checks every family's spec needs before any data loads: the data source's options
+    (and, where the source has a cheap ``check``, that its files exist: a missing data set is one
+    line naming ``lossbench data get`` before any run starts), the model's options and the
+    [train] table (returned, parsed)."""
     data = dict(spec["data"])
-    SOURCES.get(str(data.pop("source", ""))).resolve(data)
+    source = SOURCES.get(str(data.pop("source", "")))
+    options = source.resolve(data)
+    present = source.tags.get("check")
+    if present is not None:
+        present(**options)
     model = dict(spec["model"])
     MODELS.get(str(model.pop("name", ""))).resolve(model)
     return TrainConfig.from_spec(spec["train"])

@@ -8,8 +8,9 @@ models with dropout (see ``lossbench.engine.packed``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cached_property
 
 import torch
 
@@ -24,14 +25,13 @@ from lossbench.engine.packed import (
 from lossbench.engine.train import Diverged, TrainConfig
 from lossbench.families.base import RunContext, RunOutput
 from lossbench.families.classification import (
-    CURVES,
+    EpochScorer,
     Splits,
     build_loss,
     build_model,
-    classification_metrics,
-    epoch_metrics,
     finish_run,
     prepare_splits,
+    read_eval,
 )
 
 
@@ -39,7 +39,7 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     """Train every context's run in one packed computation; one outcome per context."""
     spec, device = ctxs[0].spec, ctxs[0].device
     cfg = TrainConfig.from_spec(spec["train"])
-    bins = int(spec.get("eval", {}).get("ece_bins", 15))
+    ev = read_eval(spec)
     by_seed: dict[int, Splits] = {}
     for seed in dict.fromkeys(ctx.seed for ctx in ctxs):  # one split per seed, in order
         data = prepare_splits(spec, seed, device)
@@ -58,30 +58,40 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     steps = max(1, len(shared.x_train) // cfg.batch_size)
     trainer = PackedTrainer(models, losses, cfg, device, steps,
                             augment=crop_flip if (cfg.augment and shared.image) else None)
-    curves: list[dict[str, list[float]]] = [{k: [] for k in CURVES} for _ in ctxs]
-    last: list[tuple[torch.Tensor, torch.Tensor]] = []
+    scorers = [EpochScorer(data, ev, cfg.epochs) for data in datas]
 
-    def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
-        last[:] = [(trainer.predict(shared.x_val), trainer.predict(shared.x_test))]
-        return last[0]
+    def evaluate() -> Outputs:  # every member's outputs, predicted once, if a member asks
+        return Outputs(lambda: trainer.predict(shared.x_val),
+                       lambda: trainer.predict(shared.x_test))
 
-    def record(m: int, epoch: int, train_loss: float,
-               outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
-        val = classification_metrics(outputs[0][m], datas[m].y_val, bins)
-        test = classification_metrics(outputs[1][m], datas[m].y_test, bins)
-        for name, value in epoch_metrics(train_loss, val, test).items():
-            curves[m][name].append(value)
+    def record(m: int, epoch: int, train_loss: float, outputs: Outputs) -> None:
+        scorers[m].add(epoch, train_loss, lambda: outputs.val[m], lambda: outputs.test[m])
 
     outcomes = train_packed(trainer, cfg.epochs, shared.x_train, [d.y_train for d in datas],
                             [ctx.seed for ctx in ctxs], evaluate, record)
     finished: list[RunOutput | Diverged] = []
     for m, outcome in enumerate(outcomes):
-        if outcome is None:  # post-hoc calibration reads the last epoch's outputs
-            val_out, test_out = last[0]
-            outcome = finish_run(spec, datas[m], curves[m], val_out[m], test_out[m], bins)
+        if outcome is None:
+            outcome = finish_run(spec, datas[m], scorers[m])
             outcome.info["packed"] = len(ctxs)
         finished.append(outcome)
     return finished
+
+
+class Outputs:
+    """One epoch's outputs of every member [M, N, K] on the validation and test sets, each
+    predicted on first use: an epoch no member scores makes no forward pass."""
+
+    def __init__(self, val: Callable[[], torch.Tensor], test: Callable[[], torch.Tensor]) -> None:
+        self._val, self._test = val, test
+
+    @cached_property
+    def val(self) -> torch.Tensor:
+        return self._val()
+
+    @cached_property
+    def test(self) -> torch.Tensor:
+        return self._test()
 
 
 PACKED_RUNNERS["classification"] = run_classification_packed

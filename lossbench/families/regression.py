@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from lossbench.losses import LOSSES, Loss
 from lossbench.losses.regression import Prediction
 from lossbench.models import MODELS
 from lossbench.registry import PROBE_CONTEXT
+
+if TYPE_CHECKING:
+    from lossbench.engine.grid import RunConfig
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,10 @@ def build_loss_and_model(spec: Mapping[str, Any], name: str, params: Mapping[str
     return loss, model
 
 
-def pack_key(loss: str, params: Mapping[str, Any], seed: int) -> tuple[int, int]:
+def pack_key(cfg: RunConfig) -> tuple[int, int]:
     """Runs that can share one packed computation: the same split (the seed is the split, so the
     same inputs) and the same head size (the loss's ``head_dim``, built with stand-in context)."""
-    return seed, int(LOSSES.get(loss).build(params, **PROBE_CONTEXT).head_dim)
+    return cfg.seed, int(LOSSES.get(cfg.loss).build(cfg.loss_params, **PROBE_CONTEXT).head_dim)
 
 
 def add_epoch(curves: dict[str, list[float]], train_loss: float, val: Mapping[str, float],

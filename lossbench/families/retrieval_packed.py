@@ -59,10 +59,8 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
                outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
         val, test = outputs
         add_epoch(curves[m], train_loss, {
-            "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements,
-                                     ev.auc_bins),
-            "test": retrieval_metrics(test[m], data.y_test, ev.recall_at, ev.chunk_elements,
-                                      ev.auc_bins),
+            "val": retrieval_metrics(val[m], data.y_val, ev.recall_at, ev.chunk_elements),
+            "test": retrieval_metrics(test[m], data.y_test, ev.recall_at, ev.chunk_elements),
         })
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_train, [data.y_train] * len(ctxs),

@@ -109,7 +109,7 @@ class CutCrossEntropyFunction(torch.autograd.Function):
 
 TILE = 1024
 """Default tile side (tokens and vocabulary): 4 MiB of float32 logits. On a CPU, smaller tiles
-were as fast and larger ones slower (benchmarks/RESULTS.md, lm section)."""
+were as fast and larger ones slower (benchmarks/RESULTS.md, section 10)."""
 
 
 def cut_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, token_block: int = TILE,

@@ -134,6 +134,18 @@ LdrTransform = Literal["none", "softplus-mean"]
 AldrTransform = Literal["none", "softplus-mean", "mean-abs"]
 
 
+LOG_SOFTPLUS_CUT = -40.0
+"""Below it ``log softplus(z) = z - e^z / 2 + ...`` is ``z`` to float64 precision (e^-40 / 2 is
+2e-18)."""
+
+
+def _log_softplus(z: Tensor) -> Tensor:
+    """``log(softplus(z))`` for any ``z``: ``z`` itself below ``LOG_SOFTPLUS_CUT`` (where
+    ``softplus`` underflows to 0 and its log to -inf), with finite gradients on both sides."""
+    inside = torch.log(F.softplus(z.clamp_min(LOG_SOFTPLUS_CUT)))
+    return torch.where(z < LOG_SOFTPLUS_CUT, z, inside)
+
+
 def _transform(z: Tensor, kind: str) -> tuple[Tensor, Tensor | float]:
     """Logit normalisation used by the official LDR code, as ``(t, c)``: the transformed logits
     are ``t * c`` with ``c`` one factor per row, so callers fold their own ``1 / lambda`` into
@@ -144,8 +156,12 @@ def _transform(z: Tensor, kind: str) -> tuple[Tensor, Tensor | float]:
     """
     tiny = torch.finfo(z.dtype).tiny
     if kind == "softplus-mean":
-        s = F.softplus(z)
-        return s, s.mean(dim=1, keepdim=True).clamp_min(tiny).reciprocal()
+        # softplus(z_k) / mean_j softplus(z_j) as exp(ls_k - m) / mean_j exp(ls_j - m), ls =
+        # log softplus(z), m = max_k ls_k: the same value, but rows whose logits are all very
+        # negative no longer underflow to 0 / 0 (a CNN on Fashion-MNIST got there in epoch 1).
+        ls = _log_softplus(z)
+        t = torch.exp(ls - ls.amax(dim=1, keepdim=True).detach())
+        return t, t.mean(dim=1, keepdim=True).reciprocal()
     if kind == "mean-abs":
         return z, z.abs().mean(dim=1, keepdim=True).clamp_min(tiny).reciprocal()
     return z, 1.0
@@ -157,7 +173,8 @@ _LDR_PAPER = (
 )
 
 
-@LOSSES.register("ldr", consumes="logits", paper=_LDR_PAPER + " (LDR-KL loss)")
+@LOSSES.register("ldr", consumes="logits", paper=_LDR_PAPER + " (LDR-KL loss)",
+                 space={"lambda": (0.1, 1.0, 10.0)})
 class LDRKL(Loss):
     """LDR-KL: KL-regularised worst-case label distribution, a smoothed top-1 margin loss.
 
@@ -194,7 +211,8 @@ class LDRKL(Loss):
         return _ldr_kl(t, c, target, self.margin, self.lam)
 
 
-@LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)")
+@LOSSES.register("aldr", consumes="logits", paper=_LDR_PAPER + " (ALDR-KL loss)",
+                 space={"lambda0": (0.1, 1.0, 10.0)})
 class ALDRKL(Loss):
     """ALDR-KL: LDR-KL with a per-example temperature lambda_i adapted to label uncertainty.
 
@@ -265,6 +283,7 @@ class ALDRKL(Loss):
 @LOSSES.register(
     "gce",
     consumes="logits",
+    space={"q": (0.05, 0.7, 0.95)},
     paper="Zhang & Sabuncu, Generalized Cross Entropy Loss for Training Deep Neural Networks "
     "with Noisy Labels, NeurIPS 2018 (L_q loss)",
 )
@@ -289,6 +308,8 @@ class GeneralizedCE(Loss):
 @LOSSES.register(
     "sce",
     consumes="logits",
+    # The LDR code's SCELoss(balance=b, A=4): (1-b) CE + b * 4 (1 - p_y), b in {0.05, 0.5, 0.95}.
+    space=[{"alpha": round(1.0 - b, 6), "beta": b, "A": -4.0} for b in (0.05, 0.5, 0.95)],
     paper="Wang, Ma, Chen, Luo, Yi, Bailey, Symmetric Cross Entropy for Robust Learning with "
     "Noisy Labels, ICCV 2019",
 )
@@ -342,7 +363,8 @@ class _ActivePassive(Loss):
         return self.alpha * _nce(z, target) + self.beta * self.passive(z, target)
 
 
-@LOSSES.register("nce+rce", consumes="logits", paper=_APL_PAPER + " (APL: NCE+RCE)")
+@LOSSES.register("nce+rce", consumes="logits", paper=_APL_PAPER + " (APL: NCE+RCE)",
+                 space=[{"alpha": a, "beta": round(10.0 - a, 6)} for a in (0.1, 5.0, 9.9)])
 class NCEandRCE(_ActivePassive):
     """Active-passive loss NCE + RCE: alpha*NCE + beta*RCE.
 
@@ -562,6 +584,7 @@ class CompSum(Loss):
 @LOSSES.register(
     "cs-hinge",
     consumes="logits",
+    space={"margin": (0.1, 1.0, 10.0)},
     paper="Crammer & Singer, On the Algorithmic Implementation of Multiclass Kernel-based "
     "Vector Machines, JMLR 2001",
 )
@@ -586,6 +609,7 @@ class CrammerSingerHinge(Loss):
 @LOSSES.register(
     "ww-hinge",
     consumes="logits",
+    space={"margin": (0.1, 1.0, 10.0)},
     paper="Weston & Watkins, Support Vector Machines for Multi-Class Pattern Recognition, "
     "ESANN 1999",
 )

@@ -33,7 +33,8 @@ from lossbench.report.stats import (
 from lossbench.report.summary import mean_std
 
 BY_COLUMNS = ("task", "family", "budget", "noise_kind", "noise_rate", "source", "device",
-              "git_commit", "lossbench_version", "torch_version")
+              "git_commit", "lossbench_version", "torch_version", "setting")
+"""``setting``: a suite's column labels (``report.suite_table.label_settings``)."""
 CONDITIONS = ("task", "budget", "noise_kind", "noise_rate", "source")
 """Run conditions added to a setting when they are needed to keep cells to one run per seed."""
 ALPHA = 0.05
@@ -80,8 +81,12 @@ def assign_settings(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
                    + [f"{c}={_text(row[c])}" for c in shown if shown[c].iloc[i]])
         for i, row in enumerate(combos.to_dict("records"))
     ]
-    combos = combos.assign(setting=pd.Categorical(labels, categories=list(dict.fromkeys(labels))))
-    return runs.merge(combos, on=cols).sort_values("setting", kind="stable")
+    label = pd.Categorical(labels, categories=list(dict.fromkeys(labels)))
+    merged = runs.merge(combos.assign(_setting=label), on=cols)
+    # a ``setting`` column given as --by (a suite's labels) is replaced by its label
+    merged = merged.drop(columns=["setting"], errors="ignore").rename(
+        columns={"_setting": "setting"})
+    return merged.sort_values("setting", kind="stable")
 
 
 def available_metrics(runs: pd.DataFrame) -> list[str]:

@@ -79,10 +79,14 @@ def noise_figure(runs: pd.DataFrame, metrics: dict[str, str]) -> Figure | None:
     return fig
 
 
+def curve_metrics(metric: str) -> list[str]:
+    """The curves drawn for ``metric``: train_loss, its validation twin and itself."""
+    return list(dict.fromkeys(["train_loss", re.sub(r"^test_", "val_", metric), metric]))
+
+
 def curve_panels(metric: str, available: set[str]) -> list[str]:
-    """train_loss, the validation twin of ``metric`` and ``metric`` itself, where recorded."""
-    wanted = ["train_loss", re.sub(r"^test_", "val_", metric), metric]
-    return [m for m in dict.fromkeys(wanted) if m in available]
+    """``curve_metrics(metric)`` where recorded."""
+    return [m for m in curve_metrics(metric) if m in available]
 
 
 def curve_figures(runs: pd.DataFrame, curves: pd.DataFrame,
