@@ -287,7 +287,7 @@ def test_bad_specs_are_one_line_errors(override: str, message: str) -> None:
 
 
 def test_loss_all_runs_logits_and_lm_hidden_losses() -> None:
-    names = {name for name, _ in expand_losses(["all"], "lm")}
+    names = {choice[0] for choice in expand_losses(["all"], "lm")}
     assert {"ce", "ls", "focal", "gce", "cce", "emo", "dco", "la-ce", "aldr"} <= names
     assert not names & {"triplet", "mse", "anyloss"}
     with pytest.raises(UserError, match="consumes lm-hidden"):
