@@ -31,6 +31,7 @@ from lossbench.losses import LOSSES
 from lossbench.metrics_lm import TokenScores, distinct_n, pass_at_n, repetition
 from lossbench.models import MODELS
 from lossbench.spec import BUDGETS, resolve_task
+from lossbench.tuning import criterion_for
 
 runner = CliRunner()
 WORDS = ("thou", "art", "the", "king", "of", "my", "heart", "and", "sweet", "love", "doth",
@@ -368,3 +369,8 @@ def test_reports_rank_lm_metrics_the_right_way(metric: str, higher: bool) -> Non
     from lossbench.report.stats import higher_is_better
 
     assert higher_is_better(metric) is higher
+
+
+def test_lm_runs_tune_on_validation_ce_lower_is_better() -> None:
+    crit = criterion_for("lm", None)
+    assert crit.metric == "best_val_ce" and crit.higher_is_better is False
