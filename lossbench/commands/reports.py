@@ -52,6 +52,9 @@ def compare(
         "the loss ranking of RESULTS (e.g. a cheap tier) and of these results, per setting.")
     ] = None,
     tuned: Tuned = False,
+    published: Annotated[Path | None, typer.Option(
+        metavar="CSV", help="Also: published numbers (task,metric,method,mean,spread,"
+        "spread_kind,n,source) beside ours, with the gap in standard errors.")] = None,
 ) -> None:
     """Methods x tasks: mean ± std, n, 95% CI, paired test vs a baseline, ranks."""
     from lossbench.report import compare as compare_report
@@ -67,6 +70,9 @@ def compare(
     metrics = report_metrics(paths, metric)
     result = compare_report.compare(_runs(paths, set(metrics.values()), tuned), metrics,
                                     split_multi([by]), baseline)
+    if published is not None:
+        _print_published(result, published, format_)
+        return
     if format_ == "md":
         sys.stdout.write(compare_report.markdown(result))
     elif format_ == "csv":
@@ -84,6 +90,26 @@ def compare(
         console.print(table)
         for note in compare_report.notes(result):
             console.print(f"- {note}", highlight=False)
+
+
+def _print_published(result: Any, path: Path, format_: str) -> None:
+    from lossbench.report.published import GAP_Z, read_published, side_by_side, wide_markdown
+
+    rows = side_by_side(result, read_published(path))
+    if format_ == "csv":
+        rows.to_csv(sys.stdout, index=False)
+    elif format_ == "json":
+        sys.stdout.write(rows.to_json(orient="records", indent=1) + "\n")
+    elif format_ == "md":
+        sys.stdout.write(wide_markdown(rows))
+    else:
+        table = Table("setting", "method", "ours", "published", "z", "verdict",
+                      title=f"published vs ours (|z| > {GAP_Z:g}: disagree)", show_lines=False)
+        for row in rows.itertuples():
+            table.add_row(row.setting, row.method, f"{row.mean:.4g} ± {row.se:.2g} ({row.n})",
+                          f"{row.published_mean:g} ± {row.published_se:g} "
+                          f"({row.published_method})", f"{row.z:+.1f}", row.verdict)
+        console.print(table)
 
 
 def _print_agreement(cheap: Any, full: Any, metric: str | None, by: list[str],

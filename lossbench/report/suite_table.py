@@ -33,7 +33,7 @@ def mark_tuned(runs: pd.DataFrame, paths: Sequence[Path]) -> pd.DataFrame:
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         for key, mark in run_marks(folder).items():
             marks[key] = "chosen" if mark == "chosen" else marks.get(key, mark)
-    return runs.assign(tuned=runs["run_key"].map(marks).fillna(""))
+    return runs.assign(tuned=[marks.get(key, "") for key in runs["run_key"]])
 
 
 def only_tuned(runs: pd.DataFrame) -> pd.DataFrame:
