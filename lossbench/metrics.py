@@ -34,10 +34,18 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
     (no per-bin loop; sums in float64).
     """
     conf, pred = probs.max(dim=1)
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    return confidence_ece(conf, pred == y, bins)
+
+
+def confidence_ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE in percent from each prediction's confidence and correctness (bool or 0/1), for
+    callers that never hold the whole probability matrix (language models score tokens chunk by
+    chunk). Same equal-width bins and ``bucketize`` + ``bincount`` sums as
+    :func:`expected_calibration_error`."""
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
     which = torch.bucketize(conf, edges) - 1  # edges[b] < conf <= edges[b + 1] -> b
     inside = (which >= 0) & (which < bins)
-    return _binned_gap(which[inside], conf[inside], (pred == y)[inside], bins, len(conf))
+    return _binned_gap(which[inside], conf[inside], correct[inside], bins, len(conf))
 
 
 def adaptive_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:

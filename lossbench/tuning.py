@@ -13,12 +13,13 @@ parameter the user fixed in the loss spec is not tuned.
 A trial is an ordinary run -- its own record and key, resumable -- at one point of the space;
 every point is run at every seed of the grid. Per setting and loss the point with the best mean
 *validation* criterion over the seeds wins (classification: ``best_val_top1``, the noisy
-validation top-1 at the selected epoch; regression: ``best_val_rmse``); with ``split.kfold`` the
-seeds are the folds, so this is k-fold cross-validation. Test metrics are never read. The chosen
-point's runs are the final runs: selection and evaluation share them, as the LDR code does (its
-5 fold models are scored on the test set). A point whose runs diverged or failed counts as the
-worst. The choice is written to ``<out>/tuning/<id>.json`` (the points, their run keys and
-criterion values, the chosen point), and reports mark the chosen runs (``tuned`` column).
+validation top-1 at the selected epoch; regression: ``best_val_rmse``; lm: ``best_val_ce``);
+with ``split.kfold`` the seeds are the folds, so this is k-fold cross-validation. Test metrics
+are never read. The chosen point's runs are the final runs: selection and evaluation share them,
+as the LDR code does (its 5 fold models are scored on the test set). A point whose runs diverged
+or failed counts as the worst. The choice is written to ``<out>/tuning/<id>.json`` (the points,
+their run keys and criterion values, the chosen point), and reports mark the chosen runs
+(``tuned`` column).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ DEFAULT_CRITERIA: dict[str, str] = {
     "classification": "best_val_top1",
     "regression": "best_val_rmse",
     "retrieval": "best_val_map@r",
+    "lm": "best_val_ce",
 }
 """The validation metric each family is tuned on by default (never a test metric)."""
 

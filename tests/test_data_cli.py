@@ -271,8 +271,10 @@ def test_catalogue_covers_every_task_on_a_catalogued_source() -> None:
                  "vowel": "vowel", "uci": "UCI_Datasets"}
     by_source |= {f"statlog-{n}": "statlog" for n in
                   ("satimage", "shuttle", "dna", "vehicle", "glass")}
+    by_source["tinyshakespeare"] = "tinyshakespeare"  # lm tasks name a data.corpus
     for task in task_names():
-        source = load_task(task)["data"]["source"]
+        data = load_task(task)["data"]
+        source = data.get("source", data.get("corpus"))
         if source in by_source:
             assert task in DATASETS[by_source[source]].tasks, task
     for dataset in DATASETS.values():
@@ -295,7 +297,8 @@ SHARED = locate.SHARED_DATA
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
-@pytest.mark.parametrize("name", ["fashion-mnist", "letter", "vowel", "UCI_Datasets", "statlog"])
+@pytest.mark.parametrize("name", ["fashion-mnist", "letter", "vowel", "UCI_Datasets", "statlog",
+                                  "tinyshakespeare"])
 def test_shared_copies_match_the_recorded_checksums(name: str) -> None:
     status = catalog.status(DATASETS[name])
     if status.root is None:

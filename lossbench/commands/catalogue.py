@@ -78,8 +78,9 @@ def list_tasks(family: Family = "", long: Long = False) -> None:
             continue
         if family and raw.get("family") != family:
             continue
-        row = [name, str(raw.get("data", {}).get("source", "?")), _noise_text(raw),
-               _budget_text(raw)]
+        data = raw.get("data", {})
+        dataset = data.get("source", data.get("corpus", "?"))  # lm tasks name a text corpus
+        row = [name, str(dataset), _noise_text(raw), _budget_text(raw)]
         if long:
             row += [str(raw.get("model", {}).get("name", "?")), str(raw.get("description", ""))]
         rows.setdefault(str(raw["family"]), []).append(row)

@@ -147,6 +147,13 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "rdata.read_rda('mlb/usr/lib/R/site-library/mlbench/data/<name>.rda')[<name>]"
         ".to_csv('<name>.csv', index=False)",
     ),
+    Dataset(
+        "tinyshakespeare", "Tiny Shakespeare (1,115,394 characters of plain text, 65 symbols)",
+        "public domain", ("shakespeare-char", "shakespeare-bpe", "shakespeare-bpe32k"),
+        (("input.txt",),),
+        "the char-rnn repository's data/tinyshakespeare/input.txt (github.com/karpathy/char-rnn, "
+        "Karpathy 2015); the lm tasks' corpus (data.corpus), BPE tokenisers are trained from it",
+    ),
 )}
 
 

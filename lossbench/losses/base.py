@@ -9,7 +9,10 @@ from torch import nn
 
 from lossbench.registry import Registry
 
-Consumes = Literal["logits", "binary", "embeddings", "regression", "fewshot"]
+Consumes = Literal["logits", "binary", "embeddings", "regression", "fewshot", "lm-hidden"]
+"""What a loss reads. ``lm-hidden`` losses (``lossbench.losses.lm``) take hidden states [N, D]
+and the LM head's weight [V, D] (keyword ``weight``) instead of logits, so they can avoid the
+[N, V] logit matrix."""
 
 
 class Loss(nn.Module):

@@ -194,3 +194,7 @@ def airbench(
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c, out_dim, bias=False),
                _Scale(1 / 9)]
     return nn.Sequential(*layers)
+
+
+# Model modules beside this one register themselves on import.
+from lossbench.models import transformer  # noqa: E402, F401
