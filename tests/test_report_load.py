@@ -129,3 +129,20 @@ def test_load_curves_from_table_or_records(tmp_path: Path) -> None:
     shutil.rmtree(folder / "curves.parquet")  # the segments' index is left: rebuilt from records
     assert len(load_curves([folder])) == len(curves)
     assert load_curves([tmp_path / "r" / "runs.csv"]).shape[0] == len(curves)
+
+
+def test_run_summary_keeps_settings_of_one_task_apart() -> None:
+    from lossbench.report.summary import summarise
+
+    runs = pd.concat([
+        fake_runs({("t", "ce"): [70.0, 72.0]}).assign(spec_key="a", noise_kind="uniform",
+                                                       noise_rate=0.6),
+        fake_runs({("t", "ce"): [90.0, 92.0]}).assign(
+            spec_key="b", noise_kind="none", noise_rate=0.0),
+    ]).reset_index(drop=True)
+    runs["run_key"] = runs["run_key"] + runs["spec_key"]
+    table = summarise(runs, ["test_top1"]).set_index("setting")
+    assert table.loc["uniform 0.6", "test_top1_mean"] == 71.0
+    assert table.loc["clean", "test_top1_mean"] == 91.0
+    one = summarise(runs[runs["spec_key"] == "a"], ["test_top1"])
+    assert list(one["setting"]) == [""]  # a task with one setting needs no label

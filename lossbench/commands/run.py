@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from lossbench.engine.grid import RunConfig
     from lossbench.families.base import Reporter
 
-SUMMARY_COLUMNS = ["task", "family", "loss", "loss_params", "status"]
+SUMMARY_COLUMNS = ["task", "family", "loss", "loss_params", "status", "spec_key", "noise_kind",
+                   "noise_rate"]
 """What ``print_summary`` reads of the runs table (with run_key, metric and value)."""
 EXIT_ALL_FAILED = 1
 EXIT_SOME_FAILED = 3
@@ -85,7 +86,8 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
         present = set(rows["metric"].dropna())
         metrics = [m for m in FAMILIES.get(family).tags.get("summary", ()) if m in present]
         summary = summarise(rows, metrics)
-        table = Table(Column("task", overflow="fold"), Column("loss", no_wrap=True),
+        settings = [Column("setting", overflow="fold")] if summary["setting"].ne("").any() else []
+        table = Table(Column("task", overflow="fold"), *settings, Column("loss", no_wrap=True),
                       Column("params", overflow="fold", max_width=24), "n",
                       *[Column(metric_header(m), justify="right") for m in metrics],
                       title=f"{title} ({family})",
@@ -93,8 +95,8 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
         for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
-            table.add_row(r["task"], r["loss"], non_default_params(r["loss"], r["loss_params"]),
-                          n, *cells)
+            table.add_row(r["task"], *[r["setting"] for _ in settings], r["loss"],
+                          non_default_params(r["loss"], r["loss_params"]), n, *cells)
         console.print(table)
 
 

@@ -1,6 +1,8 @@
-"""Per (task, loss, params) summaries of the tidy run table: mean, std and n over seeds.
+"""Per (task, setting, loss, params) summaries of the tidy run table: mean, std and n over seeds.
 
-Runs that did not finish ``ok`` are counted, not averaged away: the summary has their number.
+A setting is one resolved task spec (``spec_key``): runs of one task under different overrides
+(a suite's noise rates) are never averaged together. Runs that did not finish ``ok`` are
+counted, not averaged away: the summary has their number.
 """
 
 from __future__ import annotations
@@ -9,11 +11,29 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-GROUP = ["task", "loss", "loss_params"]
+GROUP = ["task", "setting", "loss", "loss_params"]
+
+
+def setting_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per row, its setting's label within its task: '' where a task has one setting; else the
+    noise (``uniform 0.6``), plus the spec key where that does not tell settings apart."""
+    if "spec_key" not in runs.columns:
+        return pd.Series("", index=runs.index)
+    keys = runs["spec_key"].fillna("").astype(str)
+    kind = runs["noise_kind"].fillna("").astype(str)
+    noise = (kind + " " + runs["noise_rate"].map(lambda r: "" if pd.isna(r) else f"{r:g}")
+             ).str.strip().where(~kind.isin(["", "none"]), "clean")
+    per_task = keys.groupby(runs["task"]).transform("nunique")
+    label = noise.where(per_task > 1, "")
+    ambiguous = (pd.DataFrame({"task": runs["task"], "label": label, "key": keys})
+                 .groupby(["task", "label"])["key"].transform("nunique") > 1)
+    return label.where(~ambiguous, (label + " · spec " + keys.str[:6]).str.strip(" ·"))
 
 
 def summarise(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per task x loss x params: ``<metric>_mean/_std`` for each metric, n_ok, n_bad."""
+    """One row per task x setting x loss x params: ``<metric>_mean/_std`` for each metric,
+    n_ok, n_bad."""
+    runs = runs.assign(setting=setting_labels(runs))
     status = runs.drop_duplicates("run_key").groupby(GROUP, sort=False)["status"]
     out = pd.DataFrame({
         "n_ok": status.apply(lambda s: int((s == "ok").sum())),
