@@ -307,6 +307,16 @@ def test_tables_command_rebuilds_and_exports(tmp_path: Path) -> None:
     same_rows(exported[RUN_COLUMNS], load_runs([tmp_path])[RUN_COLUMNS], RUN_ORDER)
     code, text = invoke("tables", str(tmp_path / "nope"))
     assert code == 2 and "does not exist" in text
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "t.json").write_text("{}")
+    code, text = invoke("tables", str(tmp_path), "--publish", str(tmp_path / "pub"))
+    assert code == 0 and "published" in text, text
+    assert (tmp_path / "pub" / "runs.parquet").is_file()
+    assert (tmp_path / "pub" / "tuning" / "t.json").is_file()
+    same_rows(load_runs([tmp_path / "pub"])[RUN_COLUMNS], load_runs([tmp_path])[RUN_COLUMNS],
+              RUN_ORDER)  # the compact copy reads as the folder does, without its records
+    code, text = invoke("tables", str(tmp_path), "--publish", str(tmp_path))
+    assert code == 2 and "another folder" in text
 
 
 def test_segments_stay_few_and_files_are_never_half_written(tmp_path: Path) -> None:

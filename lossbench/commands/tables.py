@@ -1,8 +1,9 @@
 """``lossbench tables [DIR]``: the tidy tables of a results folder -- brought up to date with its
-records, rebuilt from them, or exported as one ``runs.csv``."""
+records, rebuilt from them, exported as one ``runs.csv``, or published as a compact folder."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,10 @@ def tables(
         "hand); otherwise only records the tables lack are added.")] = False,
     export: Annotated[bool, typer.Option(
         "--export", help="Also write DIR/runs.csv: the whole runs table in one file.")] = False,
+    publish: Annotated[Path | None, typer.Option(
+        "--publish", metavar="TO", help="Also write a compact copy to commit: TO/runs.parquet "
+        "(the runs table in one file) and TO/tuning/; every report reads TO like DIR. Records "
+        "and curves stay behind.")] = None,
 ) -> None:
     """Bring the tables (runs.parquet/, curves.parquet/) up to date with the records."""
     from lossbench.engine.store import Store
@@ -42,3 +47,12 @@ def tables(
     if export:
         rows = store.tables.export_csv(out / "runs.csv")
         console.print(f"wrote {out / 'runs.csv'} ({plural(rows, 'row')})", highlight=False)
+    if publish is not None:
+        require(publish.resolve() != out.resolve(), "--publish needs another folder than DIR")
+        publish.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(publish, "--publish")
+        rows = store.tables.export_parquet(publish / "runs.parquet")
+        if (out / "tuning").is_dir():
+            shutil.copytree(out / "tuning", publish / "tuning", dirs_exist_ok=True)
+        console.print(f"published {publish} (runs.parquet: {plural(rows, 'row')})",
+                      highlight=False)

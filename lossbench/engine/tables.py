@@ -865,6 +865,13 @@ class Tables:
         _replace_into(path, lambda tmp: frame.to_csv(tmp, index=False))
         return len(frame)
 
+    def export_parquet(self, path: Path) -> int:
+        """Every live run row in one parquet file (what a report reads as a results folder's
+        single-file table); returns the row count."""
+        table = self.read("runs")
+        _replace_into(path, lambda tmp: pq.write_table(table, tmp))
+        return table.num_rows
+
 
 @dataclass
 class SyncReport:
