@@ -237,7 +237,7 @@ def test_list_shows_status_size_checksum_and_command(
         (tmp_path / "home" / "toy" / path).write_bytes(data)
     row = next(line for line in runner.invoke(app, ["data", "list"]).output.splitlines()
                if "toy" in line)
-    assert "found in $LOSSBENCH_DATA/toy" in row and "verified (2 files)" in row
+    assert "$LOSSBENCH_DATA" in row and "verified (2 files)" in row
     assert "82.8 KB" in row  # 6,000 + 76,800 bytes
     (tmp_path / "home" / "toy" / "a.txt").write_bytes(b"changed")
     row = next(line for line in runner.invoke(app, ["data", "list"]).output.splitlines()

@@ -29,13 +29,14 @@ def list_data() -> None:
     """Every data set the tasks read: where it was found, size, checksums, how to get it."""
     from lossbench.data import catalog
 
-    table = Table(Column("data set", no_wrap=True), Column("status", no_wrap=True),
-                  Column("size", justify="right"),
-                  "checksum", Column("get it with", no_wrap=True), "tasks", title="data sets")
+    table = Table(Column("data set", no_wrap=True), Column("found in", no_wrap=True),
+                  Column("size", justify="right", no_wrap=True),
+                  Column("checksum", no_wrap=True), Column("get it with", no_wrap=True),
+                  Column("tasks", overflow="fold"), title="data sets")
     for st in catalog.statuses():
         name = st.dataset.name
         found = ("[red]missing[/]" if st.root is None
-                 else f"[green]found[/] in {escape(_where(st.root, name))}")
+                 else f"[green]{escape(_where(st.root, name))}[/]")
         command = (f"lossbench data get {name}" if any(not f.derived for f in st.dataset.files)
                    else "(derived; see `data get`)")
         table.add_row(name, found, _size(st.size) if st.root else "—", escape(st.summary),
@@ -48,9 +49,9 @@ def _where(root: Path, name: str) -> str:
     from lossbench.data import locate
 
     if root == locate.data_home() / name:
-        return f"$LOSSBENCH_DATA/{name}"
+        return "$LOSSBENCH_DATA"
     if root == locate.SHARED_DATA / name:
-        return f"../shared/data/{name}"
+        return "../shared/data"
     return str(root)
 
 

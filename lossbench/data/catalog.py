@@ -239,7 +239,8 @@ class Status:
             bad = [p for p, c in self.checks.items() if c == "mismatch"]
             return f"MISMATCH: {', '.join(bad[:3])}"
         verified = sum(c == "verified" for c in self.checks.values())
-        return (f"verified ({verified} files)" if values == {"verified"}
+        files = "file" if verified == 1 else "files"
+        return (f"verified ({verified} {files})" if values == {"verified"}
                 else f"{verified} verified, {len(self.checks) - verified} unverified")
 
 
