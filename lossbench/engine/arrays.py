@@ -8,12 +8,12 @@ record stays small and the arrays stay exact (float32/float64, compressed).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from lossbench.engine.atomic import atomic_write
 
 SUFFIX = ".npz"
 
@@ -21,17 +21,8 @@ SUFFIX = ".npz"
 def write_arrays(path: Path, arrays: Mapping[str, np.ndarray], mode: int) -> None:
     """Temp file in the same folder, fsync, rename over ``path``: readers never see half a file.
     ``mode`` is the permission bits the file gets (the records' own)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez_compressed(
+        fh, **{k: np.asarray(v) for k, v in arrays.items()}), mode)
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray] | None:

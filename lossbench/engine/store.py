@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from functools import cached_property
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from lossbench.engine.arrays import SUFFIX, write_arrays
+from lossbench.engine.atomic import atomic_write
 from lossbench.engine.tables import (
     CURVE_COLUMNS,
     FINISHED,
@@ -73,18 +73,9 @@ class Store:
         target = self.path(str(record["run_key"]))
         if record.get("arrays"):  # first, so a record's arrays exist once the record does
             write_arrays(target.with_suffix(SUFFIX), record["arrays"], 0o666 & ~_umask())
-        record = {k: v for k, v in record.items() if k != "arrays"}
-        fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=".tmp-", suffix=".json")
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps({k: v for k, v in record.items() if k != "arrays"}, indent=1,
+                          sort_keys=True, default=str)
+        atomic_write(target, lambda fh: fh.write(text.encode()), 0o666 & ~_umask())
         return target
 
     def save(self, record: Mapping[str, Any]) -> Path:
