@@ -227,6 +227,22 @@ def test_sigterm_saves_finished_runs_and_resumes(tmp_path: Path) -> None:
     assert code == 0 and f"{done} already finished, {40 - done} to run" in text
 
 
+def test_sigterm_stops_pool_workers_mid_run(tmp_path: Path) -> None:
+    """With a process pool, SIGTERM does not wait for the runs in training (each would take
+    minutes here, and their results are not saved anyway)."""
+    args = ["run", "--loss", "ce", "--task", "digits-noisy", "--budget", "smoke", "--device",
+            "cpu", "--set", "train.epochs=20000", "--seeds", "0,1", "--workers", "2",
+            "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "lossbench.cli", *args], cwd=REPO,
+                            env=os.environ | {"COLUMNS": "120"}, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(15)  # the workers have started training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "resume" in err, err
+    assert not _records(tmp_path)
+
+
 def test_a_closed_stdout_does_not_end_the_grid(tmp_path: Path) -> None:
     proc = _cli("run", "--loss", "ce", *SMOKE, "--seeds", "0-5", "--out", str(tmp_path),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

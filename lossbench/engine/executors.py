@@ -184,14 +184,18 @@ def run_local(
             else:
                 yield from run_group(group, device)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_pool_worker, group, device) for group in groups]
-        try:
-            for future in as_completed(futures):
-                yield from future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    futures = [pool.submit(_pool_worker, group, device) for group in groups]
+    finished = False
+    try:
+        for future in as_completed(futures):
+            yield from future.result()
+        finished = True
+    finally:
+        if not finished:  # interrupted: a run still training would be lost anyway, stop it now
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_ray(
