@@ -103,13 +103,18 @@ def side_by_side(result: Comparison, published: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _mean_se(mean: float, se: float, digits: int) -> str:
+def _mean_se(mean: float, se: float, decimals: int, extend: bool = True) -> str:
+    """``mean ± se`` with at least ``decimals`` decimals and, with ``extend``, enough for two
+    significant digits of the SE (kin8nm's RMSE of 0.08 needs four); published numbers are
+    shown as printed (``extend=False``)."""
     if math.isnan(mean):
         return "—"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
+    if extend and not math.isnan(se) and se > 0:
+        decimals = max(decimals, min(6, 1 - math.floor(math.log10(se))))
+    return f"{mean:.{decimals}f}" + ("" if math.isnan(se) else f" ± {se:.{decimals}f}")
 
 
-def _digits(rounding: float) -> int:
+def _decimals_of(rounding: float) -> int:
     return max(2, round(-math.log10(2 * rounding)))
 
 
@@ -120,12 +125,12 @@ def wide_markdown(rows: pd.DataFrame) -> str:
     methods = list(dict.fromkeys(rows["method"]))
     lines = []
     for setting, group in rows.groupby("setting", sort=False):
-        digits = _digits(float(group["rounding"].min()))
+        digits = _decimals_of(float(group["rounding"].min()))
         pub = group.drop_duplicates("published_method").set_index("published_method")
         reference = group["published_method"].iloc[0]
         ours = group[group["published_method"] == reference].set_index("method")
         line = [setting, group["metric"].iloc[0]]
-        line += [_mean_se(pub.at[p, "published_mean"], pub.at[p, "published_se"], digits)
+        line += [_mean_se(pub.at[p, "published_mean"], pub.at[p, "published_se"], digits, False)
                  if p in pub.index else "" for p in published_methods]
         for method in methods:
             if method not in ours.index:
