@@ -52,6 +52,11 @@ def test_side_by_side_against_hand_computed_values(tmp_path: Path) -> None:
     assert l1["verdict"] == "higher" and l1["z"] > 2
     b = rows[rows["setting"] == "b"].iloc[0]
     assert b["verdict"] == "agrees"  # 0.005 is within the printed 0.00
+    nll = write_csv(tmp_path, "a,test_nll,P,2.0,0.2,std,4,paper\n")
+    runs = fake_runs(OURS, metric="test_rmse")
+    runs.loc[runs["loss"] == "mse", "metric"] = "test_nll"  # only mse reports an NLL
+    only = side_by_side(compare(runs, "test_nll"), read_published(nll))
+    assert list(only["method"]) == ["mse"]  # l1 has no value: no row, no infinite gap
     md = wide_markdown(rows)
     assert "P (published)" in md and "SE)" in md  # l1 vs P on a is flagged
 

@@ -84,6 +84,7 @@ def side_by_side(result: Comparison, published: pd.DataFrame) -> pd.DataFrame:
     renamed = published.rename(columns={c: f"{c}_pub" for c in published.columns
                                         if c not in ("task", "metric")})
     pairs = cells.merge(renamed, on=["task", "metric"])
+    pairs = pairs[pairs["mean"].notna()]  # a loss that does not report the metric (no variance)
     require(not pairs.empty, "the published results share no (task, metric) with these results "
             f"(compared: {', '.join(f'{s} {m}' for s, m in result.metrics.items())}; published: "
             + ", ".join(sorted(set(published['task'] + ' ' + published['metric']))) + ")")
