@@ -140,18 +140,25 @@ def test_tuning_mistakes_are_one_line(tmp_path: Path, args: list[str], message: 
     assert code == 2 and message in text and len(text.strip().splitlines()) == 1, text
 
 
-def test_run_suite_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _suite_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """A suites folder holding tiny.toml (``text``), the only one lossbench searches."""
     from lossbench import suites
 
     folder = tmp_path / "suites"
     folder.mkdir()
-    (folder / "tiny.toml").write_text(
+    (folder / "tiny.toml").write_text(text)
+    monkeypatch.setattr(suites, "suite_dirs", lambda: [folder])
+    return folder
+
+
+def test_run_suite_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _suite_folder(
+        tmp_path, monkeypatch,
         'losses = ["ce"]\n'
         '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.2"\n'
         'set = ["noise.kind=symmetric", "noise.rate=0.2"]\n'
         '[[setting]]\ntask = "digits-noisy"\nlabel = "clean"\n'
         'set = ["noise.kind=none", "noise.rate=0.0"]\n')
-    monkeypatch.setattr(suites, "suite_dirs", lambda: [folder])
     code, text = _invoke("run", "--suite", "tiny", "--budget", "smoke", "--device", "cpu",
                          "--seeds", "0", "--set", "train.epochs=1", "--out",
                          str(tmp_path / "out"))
@@ -166,17 +173,13 @@ def test_run_suite_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_suite_leaderboard_of_tuned_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lossbench import suites
-
-    folder = tmp_path / "suites"
-    folder.mkdir()
-    (folder / "tiny.toml").write_text(
+    folder = _suite_folder(
+        tmp_path, monkeypatch,
         'description = "two noise rates"\nlosses = ["ce", "gce"]\n'
         '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.6"\n'
         'set = ["noise.kind=symmetric", "noise.rate=0.6"]\n'
         '[[setting]]\ntask = "digits-noisy"\nlabel = "sym 0.2"\n'
         'set = ["noise.kind=symmetric", "noise.rate=0.2"]\n')
-    monkeypatch.setattr(suites, "suite_dirs", lambda: [folder])
     out = tmp_path / "out"
     grid = ["--budget", "smoke", "--device", "cpu", "--seeds", "0,1", "--set",
             "train.epochs=1", "--out", str(out)]
