@@ -119,8 +119,18 @@ def cases(tmp: Path) -> Iterator[list[str]]:
     for option in (["--metric", "nope"], ["--by", "nope"], ["--baseline", "nope"],
                    ["--format", "xml"], ["--by", ""], ["--metric", ""]):
         yield ["compare", str(tmp / "good"), *option]
-    for option in (["--out", str(file_out / "x.md")], ["--metric", "nope"]):
+    for option in (["--published", str(tmp / "nope.csv")], ["--published", str(file_out)],
+                   ["--published", str(tmp / "bad.txt")], ["--published", str(tmp / "base.csv")],
+                   ["--rank-agreement", str(tmp / "nope")], ["--tuned"]):
+        yield ["compare", str(tmp / "good"), *option]
+    for option in (["--out", str(file_out / "x.md")], ["--metric", "nope"], ["--suite", "nope"],
+                   ["--set", "noise.rate=0.1"], ["--suite", "ldr-tabular"]):
         yield ["leaderboard", str(tmp / "good"), *option]
+    for option in (["--publish", str(file_out)], ["--publish", str(tmp / "good")]):
+        yield ["tables", str(tmp / "good"), *option]
+    yield ["run", "--suite", "nope", "--budget", "smoke"]
+    yield ["run", "--loss", "gce", *SMOKE, "--tune", "--space", "gce.q=abc"]
+    yield ["run", "--loss", "gce", *SMOKE, "--space", "gce.q=0.5"]
     for option in (["--baseline", str(tmp / "nope.csv")], ["--baseline", str(file_out)],
                    ["--baseline", str(tmp / "bad.txt")], [],
                    ["--baseline", str(tmp / "base-bad-mean.csv")],

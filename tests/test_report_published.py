@@ -71,6 +71,9 @@ def test_bad_published_files_are_one_line_errors(tmp_path: Path, body: str, mess
                                                  ) -> None:
     with pytest.raises(UserError, match=message):
         read_published(write_csv(tmp_path, body))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UserError, match="cannot read published results"):
+        read_published(tmp_path / "empty.csv")
     (tmp_path / "short.csv").write_text("task,metric\na,b\n")
     with pytest.raises(UserError, match="lack column"):
         read_published(tmp_path / "short.csv")

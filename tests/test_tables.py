@@ -334,6 +334,9 @@ def test_tables_command_rebuilds_and_exports(tmp_path: Path) -> None:
               RUN_ORDER)  # the compact copy reads as the folder does, without its records
     code, text = invoke("tables", str(tmp_path), "--publish", str(tmp_path))
     assert code == 2 and "another folder" in text
+    (tmp_path / "a-file").write_text("x")
+    code, text = invoke("tables", str(tmp_path), "--publish", str(tmp_path / "a-file"))
+    assert code == 2 and "is a file, not a folder" in text and "Traceback" not in text
 
 
 def test_segments_stay_few_and_files_are_never_half_written(tmp_path: Path) -> None:

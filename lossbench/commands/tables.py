@@ -32,6 +32,9 @@ def tables(
 
     require(out.is_dir(), f"results folder '{out}' does not exist")
     check_writable_dir(out, "DIR")
+    if publish is not None:
+        require(publish.resolve() != out.resolve(), "--publish needs another folder than DIR")
+        check_writable_dir(publish, "--publish")
     store = Store(out)
     report = store.write_tables(rebuild)
     for path, why in report.unreadable:
@@ -48,9 +51,6 @@ def tables(
         rows = store.tables.export_csv(out / "runs.csv")
         console.print(f"wrote {out / 'runs.csv'} ({plural(rows, 'row')})", highlight=False)
     if publish is not None:
-        require(publish.resolve() != out.resolve(), "--publish needs another folder than DIR")
-        publish.mkdir(parents=True, exist_ok=True)
-        check_writable_dir(publish, "--publish")
         rows = store.tables.export_parquet(publish / "runs.parquet")
         if (out / "tuning").is_dir():
             shutil.copytree(out / "tuning", publish / "tuning", dirs_exist_ok=True)

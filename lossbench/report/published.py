@@ -42,7 +42,7 @@ def read_published(path: Path) -> pd.DataFrame:
     known; adds ``se`` and ``rounding`` (half a unit of the mean's last printed digit)."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read published results '{path}': {exc}") from None
     missing = [c for c in COLUMNS if c not in raw.columns]
     require(not missing, f"published results '{path}' lack column(s) {', '.join(missing)}; "
