@@ -73,7 +73,8 @@ def _progress(total: int) -> Iterator[tuple[Callable[[], None], Callable[[RunCon
 
 def metric_header(metric: str) -> str:
     """A short, distinct column header: ``test_top1@best_val`` -> ``top1\\n@best_val``."""
-    return metric.removeprefix("test_").replace("@", "\n@")
+    name, at, selection = metric.removeprefix("test_").partition("@best")
+    return f"{name}\n@best{selection}" if at else name
 
 
 def print_summary(runs: pd.DataFrame, title: str) -> None:
