@@ -79,6 +79,37 @@ def noise_figure(runs: pd.DataFrame, metrics: dict[str, str]) -> Figure | None:
     return fig
 
 
+PASS_AT = re.compile(r"test_pass@(\d+)")
+"""Last-epoch exact pass@N metrics (classification and lm families)."""
+
+
+def pass_at_figure(runs: pd.DataFrame) -> Figure | None:
+    """pass@N vs N (log scale), one panel per task with >= 2 values of N, a line per method:
+    how coverage grows with the sampling budget (the DCO paper's figure)."""
+    rows = runs[(runs["status"] == "ok") & runs["metric"].str.fullmatch(PASS_AT.pattern)]
+    rows = rows.assign(n=rows["metric"].str.extract(PASS_AT.pattern, expand=False).astype(int))
+    tasks = [(task, g) for task, g in rows.groupby("task") if g["n"].nunique() >= 2]
+    if not tasks:
+        return None
+    colours = _colours(list(rows["method"].unique()))
+    fig = _figure(5.0 * len(tasks), 4.0)
+    for ax, (task, group) in zip(np.atleast_1d(fig.subplots(1, len(tasks))), tasks,
+                                 strict=True):
+        stats = group.groupby(["method", "n"])["value"].agg(["mean", "std", "count"])
+        for method, curve in stats.groupby(level="method"):
+            ns = curve.index.get_level_values("n")
+            ax.errorbar(ns, curve["mean"], yerr=curve["std"].fillna(0.0), marker="o",
+                        capsize=3, label=method, color=colours[method])
+        ax.set_xscale("log", base=2)
+        n = int(stats["count"].min()), int(stats["count"].max())
+        seeds = f"n={n[0]}" if n[0] == n[1] else f"n={n[0]}–{n[1]}"
+        ax.set(title=f"{task}: exact pass@N, last epoch\n(mean ± std over seeds, {seeds})",
+               xlabel="N (samples from the softmax)", ylabel="pass@N (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
 def curve_metrics(metric: str) -> list[str]:
     """The curves drawn for ``metric``: train_loss, its validation twin and itself."""
     return list(dict.fromkeys(["train_loss", re.sub(r"^test_", "val_", metric), metric]))
@@ -225,6 +256,9 @@ def make_plots(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, metric: str 
                      "(sweep with --set noise.rate=...)")
     else:
         save(noise, "noise.png")
+    coverage = pass_at_figure(runs)
+    if coverage is not None:
+        save(coverage, "pass_at_n.png")
     settings = assign_settings(runs, by)
     figures = curve_figures(settings, curves, metrics) if len(curves) else {}
     if not figures:
