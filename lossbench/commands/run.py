@@ -92,7 +92,8 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
                       Column("params", overflow="fold", max_width=24), "n",
                       *[Column(metric_header(m), justify="right") for m in metrics],
                       title=f"{title} ({family})",
-                      caption="test metrics on clean labels: mean ± std over seeds")
+                      caption=("test metrics on clean labels" if family == "classification"
+                               else "test metrics") + ": mean ± std over seeds")
         for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
