@@ -16,7 +16,8 @@ scored only at epochs a reported metric can come from (``EpochScorer``), unless
 Imbalanced tasks (``lossbench.data.imbalance``): ``[binary] positive = c`` relabels a source
 one-vs-rest; ``[imbalance] profile = ...`` subsamples the training and validation parts, never
 the test set. ``[calibration] method = ...`` fits post-hoc calibrators on the last epoch's
-validation logits and reports their test calibration (``lossbench.calibration``).
+validation logits (the per-example CA calibrator also on the final model's outputs on transformed
+copies of the validation inputs) and reports their test calibration (``lossbench.calibration``).
 
 Losses of kind ``logits`` and ``binary`` both train the K-logit head (``binary`` losses read the
 margin ``z_1 - z_0`` for K = 2, one-vs-rest columns for K > 2; ``lossbench.losses.imbalance``),
