@@ -71,6 +71,7 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
 
     outcomes = train_packed(trainer, cfg.epochs, shared.x_train, [d.y_train for d in datas],
                             [ctx.seed for ctx in ctxs], evaluate, record)
+
     @cache
     def copies() -> Views:  # every member's outputs on the transformed inputs, [V, M, N, K]
         return calibration_views(spec, shared, trainer.predict)
