@@ -62,7 +62,8 @@ BAD_SETS = [
     "split.val_fraction=0", "split.val_fraction=1.5", "split.val_fraction=abc",
     "eval.ece_bins=0", "eval.ece_bins=abc", "=1", "noise", "noise.kind",
     "family=retrieval", "budget.smoke.train.epochs=0", "seeds=abc",
-    "calibration.method=nope", "imbalance.profile=nope",
+    "calibration.method=nope", "calibration.input_noise=-1", "calibration.copies=abc",
+    "calibration.steps=0", "imbalance.profile=nope",
 ]
 BAD_OPTIONS = [
     ["--budget", "huge"], ["--device", "gpu"], ["--device", "cuda:x"], ["--workers", "0"],

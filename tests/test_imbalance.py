@@ -149,7 +149,7 @@ def test_binary_margin_losses_end_to_end_and_deterministic(tmp_path: Path) -> No
     for rec in records.values():
         assert rec["status"] == "ok"
         assert {"test_f1", "test_auroc", "test_bacc@best_val_bacc", "test_ece_ts",
-                "test_ece_ca", "temperature_ca"} <= set(rec["metrics"])
+                "test_ece_ca_global", "test_ece_ca", "temperature_ca"} <= set(rec["metrics"])
         assert rec["info"]["imbalance"]["profile"] == "positive-rate"
     again = _run(tmp_path / "b", "ensloss")
     assert again["ensloss"]["metrics"] == records["ensloss"]["metrics"]

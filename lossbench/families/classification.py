@@ -16,7 +16,8 @@ scored only at epochs a reported metric can come from (``EpochScorer``), unless
 Imbalanced tasks (``lossbench.data.imbalance``): ``[binary] positive = c`` relabels a source
 one-vs-rest; ``[imbalance] profile = ...`` subsamples the training and validation parts, never
 the test set. ``[calibration] method = ...`` fits post-hoc calibrators on the last epoch's
-validation logits and reports their test calibration (``lossbench.calibration``).
+validation logits (the per-example CA calibrator also on the final model's outputs on transformed
+copies of the validation inputs) and reports their test calibration (``lossbench.calibration``).
 
 Losses of kind ``logits`` and ``binary`` both train the K-logit head (``binary`` losses read the
 margin ``z_1 - z_0`` for K = 2, one-vs-rest columns for K > 2; ``lossbench.losses.imbalance``),
@@ -36,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossbench.calibration import calibrate, check_method
+from lossbench.calibration import Views, calibrate, needs_views, read_calibration
+from lossbench.calibration_transforms import transformed_outputs
 from lossbench.data.augment import crop_flip
 from lossbench.data.imbalance import apply_imbalance, check_imbalance, one_vs_rest
 from lossbench.data.noise import NOISE, apply_noise, check_noise
@@ -201,7 +203,7 @@ def check_spec(spec: Mapping[str, Any]) -> None:
                 f"binary.positive must be a class index >= 0, got {positive!r}")
     if "imbalance" in spec:
         check_imbalance(spec["imbalance"])
-    check_method(str(spec.get("calibration", {}).get("method", "none")))
+    read_calibration(spec)
     read_eval(spec)
 
 
@@ -418,17 +420,30 @@ def run_classification(ctx: RunContext) -> RunOutput:
         live = scorer.add(epoch, train_loss, lambda: trainer.predict(data.x_val),
                           lambda: trainer.predict(data.x_test))
         ctx.report(epoch + 1, cfg.epochs, live)
-    return finish_run(spec, data, scorer)
+    return finish_run(spec, data, scorer, ctx.seed, lambda: calibration_views(
+        spec, data, trainer.predict))
 
 
-def finish_run(spec: Mapping[str, Any], data: Splits, scorer: EpochScorer) -> RunOutput:
+def calibration_views(spec: Mapping[str, Any], data: Splits,
+                      predict: Callable[[torch.Tensor], torch.Tensor]) -> Views:
+    """The final model's outputs on transformed copies of the validation and test inputs, for
+    the per-example CA calibrator (``lossbench.calibration_transforms``)."""
+    return transformed_outputs(read_calibration(spec), data.x_val, data.x_test, data.image,
+                               predict)
+
+
+def finish_run(spec: Mapping[str, Any], data: Splits, scorer: EpochScorer, seed: int = 0,
+               views: Callable[[], Views] | None = None) -> RunOutput:
     """A finished scorer -> the run's metrics (with post-hoc calibration, on the last epoch's
-    outputs, when the task asks for it) and facts; shared by single and packed runs."""
+    outputs, when the task asks for it) and facts; shared by single and packed runs. ``views``
+    gives the final model's outputs on transformed inputs (asked only by the per-example CA
+    calibrator, whose initialisation ``seed`` draws)."""
     assert scorer.last is not None, "the last epoch is always scored"
     val_out, test_out = scorer.last
-    method = str(spec.get("calibration", {}).get("method", "none"))
-    metrics = final_metrics(scorer.curves) | calibrate(val_out, data.y_val, test_out,
-                                                       data.y_test, method, scorer.ev.ece_bins)
+    cal = read_calibration(spec)
+    copies = views() if views is not None and needs_views(cal.method) else None
+    metrics = final_metrics(scorer.curves) | calibrate(val_out, data.y_val, test_out, data.y_test,
+                                                       cal, scorer.ev.ece_bins, copies, seed)
     info: dict[str, Any] = {"noise": data.noise, "num_train": len(data.x_train),
                             "class_counts": list(data.class_counts)}
     if data.imbalance:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import cached_property
+from functools import cache, cached_property
 
 import torch
 
+from lossbench.calibration import Views
 from lossbench.data.augment import crop_flip
 from lossbench.engine.packed import (
     PACKED_RUNNERS,
@@ -29,6 +30,7 @@ from lossbench.families.classification import (
     Splits,
     build_loss,
     build_model,
+    calibration_views,
     finish_run,
     prepare_splits,
     read_eval,
@@ -69,10 +71,18 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
 
     outcomes = train_packed(trainer, cfg.epochs, shared.x_train, [d.y_train for d in datas],
                             [ctx.seed for ctx in ctxs], evaluate, record)
+
+    @cache
+    def copies() -> Views:  # every member's outputs on the transformed inputs, [V, M, N, K]
+        return calibration_views(spec, shared, trainer.predict)
+
+    def member_copies(m: int) -> Callable[[], Views]:
+        return lambda: (copies()[0][:, m], copies()[1][:, m])
+
     finished: list[RunOutput | Diverged] = []
     for m, outcome in enumerate(outcomes):
         if outcome is None:
-            outcome = finish_run(spec, datas[m], scorers[m])
+            outcome = finish_run(spec, datas[m], scorers[m], ctxs[m].seed, member_copies(m))
             outcome.info["packed"] = len(ctxs)
         finished.append(outcome)
     return finished
