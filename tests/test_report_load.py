@@ -92,8 +92,10 @@ def test_load_parquet_csv_and_records_agree(tmp_path: Path) -> None:
 
 def test_method_labels_show_params_only_when_a_loss_has_several() -> None:
     runs = fake_runs({("t", "ce"): [1.0], ("t", "gce:q=0.7"): [1.0], ("t", "gce:q=0.5"): [1.0],
-                      ("t", "sce:a=1"): [1.0]})
-    assert sorted(set(runs["method"])) == ["ce", "gce:q=0.5", "gce:q=0.7", "sce"]
+                      ("t", "sce:a=1"): [1.0], ("t", "mae"): [1.0],
+                      ("t", "mae:reduce=small-loss"): [1.0]})
+    assert sorted(set(runs["method"])) == ["ce", "gce:q=0.5", "gce:q=0.7", "mae",
+                                           "mae:reduce=small-loss", "sce"]
 
 
 def test_several_sources_concatenate_and_deduplicate(tmp_path: Path) -> None:

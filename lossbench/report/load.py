@@ -62,9 +62,11 @@ def _clean(table: pd.DataFrame, source: Path) -> pd.DataFrame:
 
 
 def method_labels(runs: pd.DataFrame) -> pd.Series:
-    """``loss`` where a loss has one parameter set in the table, else ``loss:params``."""
+    """``loss`` where a loss has one parameter set in the table, else ``loss:params`` (the
+    defaults, e.g. a loss without a reducer beside itself with one, stay ``loss``)."""
     n_params = runs.groupby("loss")["loss_params"].transform("nunique")
-    with_params = runs["loss"] + ":" + runs["loss_params"]
+    params = runs["loss_params"].fillna("")
+    with_params = runs["loss"] + (":" + params).where(params != "", "")
     return runs["loss"].where(n_params <= 1, with_params)
 
 
