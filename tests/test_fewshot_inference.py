@@ -2,7 +2,7 @@
 from the papers' formulas (explicit loops, no shared helpers), the monotone decrease their papers
 prove (PADDLE's and soft k-means' block MM, LaplacianShot's bound updates on a PSD affinity),
 what holds of TIM-GD (no descent promise: the loss falls overall), and a cross-check of TIM and
-LaplacianShot against easyfsl (dev extra; skipped when absent)."""
+LaplacianShot against easyfsl (the fewshot-check extra; skipped when absent)."""
 
 from __future__ import annotations
 
@@ -381,12 +381,10 @@ def test_every_method_scores_fixed_episodes_and_is_deterministic(name: str) -> N
 
 
 def easyfsl_methods() -> tuple[Any, Any] | None:
-    """easyfsl's TIM and LaplacianShot classes, or None. Installed with the dev extra, or by
-    ``pip install --no-deps --target .deps/easyfsl easyfsl`` (its ``methods`` package imports
-    torchvision through FEAT: the two modules are loaded without that ``__init__``)."""
-    local = Path(__file__).resolve().parents[1] / ".deps" / "easyfsl"
-    if importlib.util.find_spec("easyfsl") is None and local.is_dir():
-        sys.path.append(str(local))
+    """easyfsl's TIM and LaplacianShot classes, or None when easyfsl is absent (the
+    ``fewshot-check`` extra; ``pip install --no-deps easyfsl`` is enough). ``easyfsl.methods``'s
+    ``__init__`` imports torchvision (through FEAT), which these two modules do not need: they are
+    loaded without it, so a ``--no-deps`` install works too."""
     spec = importlib.util.find_spec("easyfsl")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -400,8 +398,8 @@ def easyfsl_methods() -> tuple[Any, Any] | None:
 
 
 EASYFSL = easyfsl_methods()
-needs_easyfsl = pytest.mark.skipif(EASYFSL is None, reason="easyfsl not installed (dev extra, or "
-                                   "pip install --no-deps --target .deps/easyfsl easyfsl)")
+needs_easyfsl = pytest.mark.skipif(EASYFSL is None, reason="easyfsl not installed (the "
+                                   "fewshot-check extra, or pip install --no-deps easyfsl)")
 
 
 def run_easyfsl(model: Any, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

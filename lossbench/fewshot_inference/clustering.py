@@ -34,6 +34,13 @@ Defaults are the official ones: 100 iterations, ``lambda = |Q|`` (the code's ``a
 has no parameter to tune), features min-max scaled per episode (``norm = "minmax"``). Unlike
 the official code (``log(pi + 1e-6)``), ``log pi`` is exact (clamped at the smallest normal
 float), so the tangent, and the monotone decrease, are exact too.
+
+Scale matters: the data term is ``1/2 |z - w|^2`` with no temperature, so the balance between it
+and the MDL term depends on the features' scale. Min-max scaling fits the official setting
+(640-dimensional ResNet features, large squared distances); on a low-dimensional embedding
+(e.g. 32 dimensions) min-max scaled distances are of order 1, the MDL term dominates and PADDLE
+can put most queries in one class, where ``norm = "none"`` (the embeddings' own scale) does
+not; score ``paddle:norm=none`` beside the official default when embeddings are small.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ symmetric affinity matrix ``W`` this is
 
     E(Y) = sum_q y_q . a_q + sum_q y_q . log y_q - lambda/2 sum_{q,p} w_qp y_q . y_p.
 
-The paper's bound optimiser (its Algorithm 1, the bound of its Eq. 7) linearises the pairwise
+The paper's bound optimiser linearises the pairwise
 term at the current ``Y``, which for a positive semi-definite ``W`` (the pairwise term concave)
 is an upper bound tight there, and minimises the bound in closed form:
 

@@ -16,7 +16,9 @@ class of its largest ``p_nk``.
 Variant and defaults, from the official code (mboudiaf/TIM, ``src/tim.py`` and
 ``scripts/evaluate/tim_gd``): TIM-GD (not TIM-ADM), ``tau = 15``, loss weights ``[lambda,
 alpha_H, alpha_C] = [0.1, 1.0, 0.1]``, Adam at ``lr = 1e-4`` for 1000 iterations, features
-L2-normalised (``norm = "l2"``), ``log(p + 1e-12)`` in the conditional entropy. Episodes are
+L2-normalised (``norm = "l2"``), ``log(p + 1e-12)`` in the conditional entropy. The
+support cross-entropy is an exact log-softmax (the code's ``log(softmax + 1e-12)`` differs by
+at most about 1e-12 / p). Episodes are
 batched with their losses summed (as the official code does): Adam works element by element,
 so every episode's weights follow exactly the steps they would alone. ``logits = "cosine"``
 replaces ``-tau/2 |z - w|^2`` by ``tau cos(z, w)``, easyfsl's TIM (its defaults: 50 steps,
