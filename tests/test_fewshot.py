@@ -472,7 +472,9 @@ INFERENCE_ALL = ('eval.inference=["prototype", "prototype:norm=l2", "soft-kmeans
 
 def test_every_inference_method_on_balanced_and_imbalanced_queries(tmp_path: Path) -> None:
     """One run scores every method on the same fixed balanced and Dirichlet test episodes; the
-    prototype numbers are those of a run without them, packed or not."""
+    prototype numbers are those of a run without them. Packed, the embeddings agree to float
+    tolerance (tests/test_packed.py), so a method's accuracy may differ by a query flipped near
+    a tie: at most 3 of the 300 test queries (1 point)."""
     plain = run_cli(tmp_path / "plain", "--task", "digits-fewshot", "--seeds", "0,1",
                     "--loss", "ce")
     extra = run_cli(tmp_path / "extra", "--task", "digits-fewshot", "--seeds", "0,1",
@@ -495,7 +497,9 @@ def test_every_inference_method_on_balanced_and_imbalanced_queries(tmp_path: Pat
                     for metric in (f"test_acc_{name}", f"test_acc_{name}@best_val"):
                         assert 0 <= m[metric] <= 100, metric
                         assert m[f"test_ci95_{name}"] > 0
-                    assert both["info"]["packed"] == 2 and f"test_acc_{name}" in both["metrics"]
+                    assert both["info"]["packed"] == 2
+                    for metric in (f"test_acc_{name}", f"test_acc_{name}@best_val"):
+                        assert abs(both["metrics"][metric] - m[metric]) <= 1.0 + 1e-4, metric
             best = int(m[f"best_epoch_{key}"])
             if best == len(after["curves"]["train_loss"]):  # best epoch = last: same scores
                 assert m[f"test_acc_{key}_dir2_tim:iterations=30@best_val"] == m[

@@ -432,3 +432,57 @@ def test_laplacianshot_matches_easyfsl_with_its_rectification() -> None:
     theirs = run_easyfsl(EASYFSL[1](), support, query)
     ours = LaplacianShot(norm="none", rectify="bdcspn", rectify_scale=1.0)
     torch.testing.assert_close(ours.assignments(support, query), theirs, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The study table (lossbench.report.fewshot_table).
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fewshot_metric_names_split_into_tidy_columns() -> None:
+    from lossbench.report.fewshot_table import split_metric
+
+    assert split_metric("test_acc_5w1s") == {"setting": "5w1s", "queries": "balanced",
+                                             "inference": "prototype", "selection": "last"}
+    assert split_metric("test_acc_3w5s_dir0.5_tim:iterations=30@best_val") == {
+        "setting": "3w5s", "queries": "dir0.5", "inference": "tim:iterations=30",
+        "selection": "best_val"}
+    assert split_metric("test_acc_5w1s_prototype:norm=l2")["inference"] == "prototype:norm=l2"
+    for other in ("test_ci95_5w1s_paddle", "val_acc_5w1s", "best_val_acc_5w1s", "test_top1"):
+        assert split_metric(other) is None
+
+
+def test_inference_table_pivots_seeds_into_mean_std_cells() -> None:
+    import pandas as pd
+
+    from lossbench.report.fewshot_table import inference_table
+
+    rng = np.random.default_rng(0)
+    values = {}
+    rows = []
+    for loss in ("ce", "triplet"):
+        for seed in range(3):
+            for metric in ("test_acc_3w1s", "test_acc_3w1s_paddle", "test_acc_3w1s_dir2",
+                           "test_acc_3w1s_dir2_paddle", "test_acc_3w1s@best_val",
+                           "test_ci95_3w1s_paddle", "train_loss"):
+                value = float(rng.uniform(30, 90))
+                values[(loss, metric, seed)] = value
+                rows.append({"family": "fewshot", "status": "ok", "method": loss,
+                             "seed": seed, "metric": metric, "value": value})
+    rows.append({"family": "fewshot", "status": "failed", "method": "ce", "seed": 9,
+                 "metric": "test_acc_3w1s", "value": 0.0})
+    table = inference_table(pd.DataFrame(rows))
+    assert list(table.index) == [("ce", "prototype"), ("ce", "paddle"),
+                                 ("triplet", "prototype"), ("triplet", "paddle")]
+    assert list(table.columns) == ["3w1s balanced", "3w1s dir2"]
+    for (loss, method), column, metric in ((("ce", "paddle"), "3w1s dir2",
+                                            "test_acc_3w1s_dir2_paddle"),
+                                           (("triplet", "prototype"), "3w1s balanced",
+                                            "test_acc_3w1s")):
+        seeds = [values[(loss, metric, s)] for s in range(3)]
+        assert table.loc[(loss, method), column] == (
+            f"{np.mean(seeds):.2f} ± {np.std(seeds, ddof=1):.2f} (3)")
+    best = inference_table(pd.DataFrame(rows), "best_val")
+    assert list(best.index) == [("ce", "prototype"), ("triplet", "prototype")]
+    with pytest.raises(UserError, match="accepted: last, best_val"):
+        inference_table(pd.DataFrame(rows), "first")
