@@ -193,6 +193,21 @@ def test_paddle_keeps_the_classes_present_when_queries_hold_few() -> None:
     assert accuracy["paddle"] > accuracy["soft-kmeans"]
 
 
+def test_paddle_merges_classes_as_the_features_shrink() -> None:
+    """The data term ``1/2 |z - w|^2`` scales with the features squared, the MDL term does not:
+    shrinking the same episodes makes PADDLE predict fewer classes (towards one), while soft
+    k-means keeps them (the scale sensitivity the clustering docstring warns of)."""
+    support, query, _ = episodes(30, 3, 1, 45, 32, seed=15, spread=1.0, dtype=torch.float32)
+
+    def classes_used(name: str, scale: float) -> float:
+        pred = build_method(f"{name}:norm=none")(scale * support, scale * query)
+        return float(np.mean([len(torch.unique(p)) for p in pred]))
+
+    paddle = [classes_used("paddle", s) for s in (1.0, 0.3, 0.1)]
+    assert paddle[0] > 2.9 and paddle[0] > paddle[1] > paddle[2] and paddle[2] < 1.5
+    assert classes_used("soft-kmeans", 0.1) > paddle[2] + 1
+
+
 def test_minmax_scales_each_dimension_by_the_query_range() -> None:
     from lossbench.fewshot_inference.base import normalise
 
