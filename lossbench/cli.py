@@ -35,7 +35,7 @@ def _app(help_text: str) -> typer.Typer:
 
 app = _app("Which loss should I train with, for this task, under these conditions? lossbench "
            "runs the loss x task x seed grid and reports it.")
-list_app = _app("List the catalogue: losses, tasks or suites.")
+list_app = _app("List the catalogue: losses, reducers, tasks or suites.")
 app.add_typer(list_app, name="list")
 data_app = _app("Data sets: where they are, whether intact, how to get them.")
 app.add_typer(data_app, name="data")
@@ -49,6 +49,7 @@ for name, command in [
 list_app.command("losses", cls=Command)(catalogue.list_losses)
 list_app.command("tasks", cls=Command)(catalogue.list_tasks)
 list_app.command("suites", cls=Command)(catalogue.list_suites)
+list_app.command("reducers", cls=Command)(catalogue.list_reducers)
 data_app.command("list", cls=Command)(data.list_data)
 data_app.command("get", cls=Command)(data.get_data)
 

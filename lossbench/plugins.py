@@ -43,6 +43,7 @@ from torch import nn
 from lossbench.errors import UserError, require
 from lossbench.losses import LOSSES
 from lossbench.losses.base import Consumes
+from lossbench.losses.reducers import LossEntry
 from lossbench.registry import PROBE_CONTEXT, Entry, _schema, parse_params
 
 LOSS_GROUP = "lossbench.losses"
@@ -323,7 +324,7 @@ def _entry(name: str, obj: Any, where: str) -> Entry[Any]:
             f"and is none of what lossbench supplies ({', '.join(PROBE_CONTEXT)}); give it a "
             "default to make it a parameter")
     paper = str(getattr(obj, "paper", "") or f"plug-in {name}")
-    return Entry(name, obj, params, context, {"consumes": consumes, "paper": paper,
+    return LossEntry(name, obj, params, context, {"consumes": consumes, "paper": paper,
                                               "plugin": where})
 
 

@@ -147,8 +147,9 @@ def _schema(factory: Callable[..., Any]) -> tuple[tuple[Param, ...], tuple[str, 
 class Registry(Generic[T]):
     """Name -> factory; ``kind`` names what is registered, for error messages ('loss'...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, entry_type: type[Entry[Any]] = Entry) -> None:
         self.kind = kind
+        self.entry_type = entry_type
         self._entries: dict[str, Entry[T]] = {}
         self._added: dict[str, Entry[T]] = {}
 
@@ -157,7 +158,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             params, context = _schema(factory)
-            self._entries[name] = Entry(name, factory, params, context, dict(tags))
+            self._entries[name] = self.entry_type(name, factory, params, context, dict(tags))
             return factory
 
         return decorate

@@ -374,3 +374,20 @@ def test_reports_rank_lm_metrics_the_right_way(metric: str, higher: bool) -> Non
 def test_lm_runs_tune_on_validation_ce_lower_is_better() -> None:
     crit = criterion_for("lm", None)
     assert crit.metric == "best_val_ce" and crit.higher_is_better is False
+
+
+def test_a_reducer_weights_tokens(corpus_dir: Path) -> None:
+    """Issue 18's per-token reweighting: a reducer on an lm loss weighs the batch's tokens."""
+    corpus = load_corpus("tinyshakespeare", "char", dir=str(corpus_dir))
+    model = MODELS.get("gpt").build({"layers": 1, "heads": 1, "width": 8}, in_shape=(4,),
+                                    out_dim=corpus.vocab_size)
+    for name in ("ce", "cce"):
+        plain = build_loss(name, {}, corpus, 0, model)
+        half = build_loss(name, {"reduce": "small-loss", "reduce.rate": "0.5",
+                                 "reduce.warmup": "0"}, corpus, 0, model)
+        hidden, target = torch.randn(2, 4, 8), torch.randint(0, corpus.vocab_size, (2, 4))
+        per_token, kept = plain(hidden, target), half(hidden, target)
+        assert kept.shape == per_token.shape == (8,)
+        assert torch.count_nonzero(kept) == 4  # the 4 smallest token losses, doubled
+        small = per_token.topk(4, largest=False).indices
+        torch.testing.assert_close(kept[small], 2 * per_token[small])

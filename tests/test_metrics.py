@@ -220,6 +220,21 @@ def test_classification_metrics_row_and_binary_f1_only_for_two_classes() -> None
     assert {f"test_{name}" for name in row | binary} <= set(CURVES)  # each has a curve
 
 
+def test_pass_at_n_is_the_exact_sampling_coverage() -> None:
+    """pass@N = mean_i 1 - (1 - p_{y_i})^N, by hand in float64; pass@1 is mean p_y, not top-1;
+    it grows with N towards the share of examples whose label has any probability."""
+    logits, y = _random_problem(9, 200, 6)
+    row = classification_metrics(logits.float(), y, 15, (1, 4, 16, 64))
+    p_y = torch.softmax(logits.float().double(), dim=1)[torch.arange(200), y].numpy()
+    for n in (1, 4, 16, 64):
+        assert row[f"pass@{n}"] == pytest.approx(100 * np.mean(1 - (1 - p_y) ** n), rel=1e-9)
+    assert row["pass@1"] != pytest.approx(row["top1"])
+    assert row["pass@1"] < row["pass@4"] < row["pass@16"] < row["pass@64"] <= 100.0
+    certain = classification_metrics(torch.tensor([[0.0, 1e4], [1e4, 0.0]]),
+                                      torch.tensor([1, 0]), 15, (1, 64))
+    assert certain["pass@1"] == certain["pass@64"] == 100.0
+
+
 TEST_ROW = ("top1", "top5", "bacc", "macro_f1", "auroc", "ece", "ada_ece", "nll", "brier")
 
 

@@ -87,3 +87,15 @@ def test_curve_panels_follow_the_metric() -> None:
     assert curve_panels("test_top1", {"train_loss", "val_top1", "test_top1", "test_ece"}) == [
         "train_loss", "val_top1", "test_top1"]
     assert curve_panels("test_map@r", {"train_loss", "val_map@r"}) == ["train_loss", "val_map@r"]
+
+
+def test_pass_at_n_figure_is_drawn_from_the_pass_metrics(tmp_path: Path) -> None:
+    base = fake_runs({("a", "ce"): [70.0, 71.0], ("a", "dco:n=16"): [68.0, 69.0]})
+    passes = [base.assign(metric=f"test_pass@{n}", value=base["value"] + 5 * i)
+              for i, n in enumerate((1, 4, 16, 64))]
+    written, _ = make_plots(pd.concat([base, *passes], ignore_index=True), pd.DataFrame(),
+                            tmp_path)
+    assert [p.name for p in written] == ["pass_at_n.png"]
+    assert written[0].read_bytes()[:8] == PNG
+    no_passes, _ = make_plots(base, pd.DataFrame(), tmp_path / "none")
+    assert no_passes == []

@@ -79,7 +79,9 @@ def test_paired_uses_common_seeds_only() -> None:
     ("metric", "higher"),
     [("test_top1", True), ("test_top1@best_val", True), ("test_map@r", True),
      ("test_recall@1", True), ("test_ece", False), ("test_nll@best_val", False),
-     ("train_loss", False), ("test_rmse", False), ("test_mae", False)],
+     ("train_loss", False), ("test_rmse", False), ("test_mae", False),
+     ("test_wis", False), ("test_wis_conformal@best_val", False), ("test_crossing_raw", False),
+     ("test_pass@64", True)],
 )
 def test_metric_direction(metric: str, higher: bool) -> None:
     assert higher_is_better(metric) is higher

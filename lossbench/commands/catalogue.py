@@ -45,6 +45,20 @@ def list_losses(family: Family = "") -> None:
     console.print(table)
 
 
+@user_errors
+def list_reducers() -> None:
+    """Every reducer (how a loss's batch is combined): name, parameters with defaults, paper.
+    Use one as ``--loss ce:reduce=NAME,reduce.k=v`` or ``--reduce NAME:k=v``."""
+    from lossbench.losses.reducers import REDUCERS
+
+    table = Table(Column("reducer", no_wrap=True), "parameters (defaults)", "paper",
+                  title="reducers")
+    for entry in REDUCERS:
+        params = ", ".join(p.describe() for p in entry.params) or "—"
+        table.add_row(entry.name, params, entry.tags.get("paper", ""))
+    console.print(table)
+
+
 def _budget_text(raw: dict[str, Any]) -> str:
     from lossbench.spec import BUDGETS
 

@@ -224,14 +224,16 @@ def plot(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the PNG files.")] = Path(
         "results/plots"),
 ) -> None:
-    """PNGs: metric vs noise rate, learning curves, critical-difference diagram."""
+    """PNGs: metric vs noise rate, pass@N vs N, learning curves, critical-difference diagram."""
     from lossbench.report import plots as plots_report
-    from lossbench.report.load import load_curves, load_runs, report_metrics
+    from lossbench.report.load import load_catalogue, load_curves, load_runs, report_metrics
 
     plots_report.require_plotting()
     paths = results or [DEFAULT_OUT]
     metrics = set(report_metrics(paths, metric).values())
-    runs = load_runs(paths, metrics)
+    passes = {m for m in load_catalogue(paths)["metric"].dropna()
+              if plots_report.PASS_AT.fullmatch(m)}
+    runs = load_runs(paths, metrics | passes)
     curves = load_curves(paths, {c for m in metrics for c in plots_report.curve_metrics(m)})
     check_writable_dir(out, "--out")
     written, skipped = plots_report.make_plots(runs, curves, out, metric, split_multi([by]))

@@ -73,7 +73,8 @@ def _progress(total: int) -> Iterator[tuple[Callable[[], None], Callable[[RunCon
 
 def metric_header(metric: str) -> str:
     """A short, distinct column header: ``test_top1@best_val`` -> ``top1\\n@best_val``."""
-    return metric.removeprefix("test_").replace("@", "\n@")
+    name, at, selection = metric.removeprefix("test_").partition("@best")
+    return f"{name}\n@best{selection}" if at else name
 
 
 def print_summary(runs: pd.DataFrame, title: str) -> None:
@@ -91,7 +92,8 @@ def print_summary(runs: pd.DataFrame, title: str) -> None:
                       Column("params", overflow="fold", max_width=24), "n",
                       *[Column(metric_header(m), justify="right") for m in metrics],
                       title=f"{title} ({family})",
-                      caption="test metrics on clean labels: mean ± std over seeds")
+                      caption=("test metrics on clean labels" if family == "classification"
+                               else "test metrics") + ": mean ± std over seeds")
         for r in summary.to_dict("records"):
             n = f"{r['n_ok']}" + (f" (+{r['n_bad']} not ok)" if r["n_bad"] else "")
             cells = [mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
@@ -107,8 +109,13 @@ def non_default_params(loss: str, params_text: str) -> str:
 
     if not params_text or loss not in LOSSES:
         return params_text or "—"
+    from lossbench.losses.reducers import reducer_defaults
+
+    items = params_text.split(",")
+    reducer = next((i.partition("=")[2] for i in items if i.startswith("reduce=")), "mean")
     defaults = {p.name: str(p.default) for p in LOSSES.get(loss).params}
-    pairs = [item for item in params_text.split(",")
+    defaults |= reducer_defaults(reducer)
+    pairs = [item for item in items
              if defaults.get(item.partition("=")[0]) != item.partition("=")[2]]
     return ",".join(pairs) or "defaults"
 
@@ -184,6 +191,10 @@ def run(
     ] = None,
     suite: Annotated[str | None, typer.Option(
         metavar="NAME", help="Run every setting of a suite (`lossbench list suites`).")] = None,
+    reduce: Annotated[list[str] | None, typer.Option(
+        metavar="NAME[:k=v]", help="Reducer of every --loss's batch (mean | loss-weight | "
+        "small-loss; `lossbench list reducers`): adds reduce=NAME,reduce.k=v to each loss spec; "
+        "repeat for a reducer axis.")] = None,
     tune: Annotated[bool, typer.Option(
         "--tune", help="Tune each loss on its declared search space with the same number of "
         "trials per loss, choosing by the mean validation metric over the seeds (folds).")
@@ -244,6 +255,10 @@ def run(
         losses = losses or list(chosen_suite.losses)
     require(bool(settings), "no --task or --suite given; see `lossbench list tasks` and "
                             "`lossbench list suites`")
+    if reduce:
+        from lossbench.losses.reducers import with_reducer
+
+        losses = [with_reducer(spec, r) for spec in losses for r in reduce]
     require(tune or not (space or trials or tune_metric),
             "--space, --trials and --tune-metric go with --tune")
     if tune:

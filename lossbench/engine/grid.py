@@ -21,6 +21,7 @@ from lossbench import plugins
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.losses import LOSSES
+from lossbench.losses.reducers import is_reduce_key
 from lossbench.registry import Entry, check_params
 from lossbench.spec import outside_task_file, resolve_task
 
@@ -154,8 +155,9 @@ def expand_losses(specs: Iterable[str], family: str) -> list[LossChoice]:
     for text in specs:
         name, raw = plugins.parse_loss_spec(text)
         if name == "all":
-            require(not raw, "'all' takes no parameters")
-            out += [(e.name, e.resolve({}), None) for e in LOSSES if trainable(e)]
+            require(all(is_reduce_key(k) for k in raw),
+                    "'all' takes no parameters but a reducer (all:reduce=NAME,reduce.k=v)")
+            out += [(e.name, e.resolve(raw), None) for e in LOSSES if trainable(e)]
             continue
         entry, source = plugins.lookup(name)
         consumes = entry.tags["consumes"]

@@ -2,10 +2,13 @@
 
 Test metrics: top-1/top-5, balanced accuracy, macro-F1, AUROC (one-vs-rest macro; binary for
 two classes), binary F1 (positive class 1, two-class tasks only), ECE and adaptive ECE, NLL and
-Brier on the clean test set (``lossbench.metrics``). Model selection never looks at the test set:
-we report the last epoch, the epoch with the best validation top-1 (``@best_val``) and the epoch
-with the best validation balanced accuracy (``@best_val_bacc``, the selection that suits
-imbalanced tasks). Validation labels carry the training labels' noise and class distribution.
+Brier on the clean test set (``lossbench.metrics``), and exact pass@N for ``eval.pass_at``
+(default N = 1, 4, 16, 64): the chance that one of N labels sampled from the softmax is right,
+``mean_i 1 - (1 - p_{y_i})^N`` (DCO's quantity; pass@1 is the mean ``p_y``, not top-1).
+Model selection never looks at the test set: we report the last epoch, the epoch with the best
+validation top-1 (``@best_val``) and the epoch with the best validation balanced accuracy
+(``@best_val_bacc``, the selection that suits imbalanced tasks). Validation labels carry the
+training labels' noise and class distribution.
 ``eval.every = k`` scores the validation set every k epochs (and the last); the test set is
 scored only at epochs a reported metric can come from (``EpochScorer``), unless
 ``eval.test_curves = true`` asks for it at every scored epoch.
@@ -54,13 +57,15 @@ from lossbench.metrics import (
     nll,
     top_k,
 )
+from lossbench.metrics_lm import pass_at_n
 from lossbench.models import MODELS
 
 if TYPE_CHECKING:
     from lossbench.engine.grid import RunConfig
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, bins: int) -> dict[str, float]:
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, bins: int,
+                           pass_at: tuple[int, ...] = ()) -> dict[str, float]:
     """Every per-epoch metric of one split; ``f1`` (positive class 1) only for binary tasks."""
     probs = logits.float().softmax(dim=1)
     pred = logits.argmax(dim=1)
@@ -78,6 +83,9 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, bins: int) -> 
     }
     if k == 2:
         out["f1"] = binary_f1(pred, y)
+    if pass_at:
+        log_py = torch.log_softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+        out |= {f"pass@{n}": 100.0 * float(pass_at_n(log_py, n).mean()) for n in pass_at}
     return out
 
 
@@ -236,6 +244,8 @@ class EvalConfig:
     test_curves: bool = False
     """Score the test set at every scored epoch (full test learning curves), not only where a
     reported metric may come from."""
+    pass_at: tuple[int, ...] = (1, 4, 16, 64)
+    """The N of the reported exact pass@N (``test_pass@N``)."""
 
 
 def read_eval(spec: Mapping[str, Any]) -> EvalConfig:
@@ -244,6 +254,7 @@ def read_eval(spec: Mapping[str, Any]) -> EvalConfig:
     ev = config_table(EvalConfig, spec, "eval")
     require(ev.ece_bins >= 1, f"eval.ece_bins must be an int >= 1, got {ev.ece_bins}")
     require(ev.every >= 1, f"eval.every must be an int >= 1, got {ev.every}")
+    require(all(n >= 1 for n in ev.pass_at), f"eval.pass_at must be ints >= 1, got {ev.pass_at}")
     return ev
 
 
@@ -271,7 +282,8 @@ CURVES = (
 )
 """Every curve. ``train_loss`` has one value per epoch; the ``val_*`` curves one per epoch listed
 in ``val_epoch`` (1-based, the scored epochs) and the ``test_*`` curves one per epoch listed in
-``test_epoch``. ``test_f1`` stays empty on tasks with more than two classes."""
+``test_epoch``. ``test_f1`` stays empty on tasks with more than two classes. The
+``test_pass@N`` curves of ``eval.pass_at`` come after these."""
 
 LAST = ("top1", "top5", "bacc", "macro_f1", "f1", "auroc", "ece", "ada_ece", "nll", "brier")
 """Test metrics reported at the last epoch."""
@@ -304,7 +316,8 @@ class EpochScorer:
     def __init__(self, data: Splits, ev: EvalConfig, epochs: int) -> None:
         self.data, self.ev, self.epochs = data, ev, epochs
         self.scored = set(scored_epochs(epochs, ev.every))
-        self.curves: dict[str, list[float]] = {k: [] for k in CURVES}
+        self.curves: dict[str, list[float]] = {
+            k: [] for k in (*CURVES, *(f"test_pass@{n}" for n in ev.pass_at))}
         self.best = dict.fromkeys(SELECTIONS.values(), -math.inf)
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         """The last epoch's (validation, test) outputs, for post-hoc calibration."""
@@ -329,7 +342,8 @@ class EpochScorer:
         if not (last or improved or self.ev.test_curves):
             return live
         test_out = test()
-        metrics = classification_metrics(test_out, self.data.y_test, self.ev.ece_bins)
+        metrics = classification_metrics(test_out, self.data.y_test, self.ev.ece_bins,
+                                         self.ev.pass_at)
         for name, value in (metrics | {"epoch": epoch + 1}).items():
             self.curves[f"test_{name}"].append(value)
         if last:
@@ -355,7 +369,9 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     def has(name: str) -> bool:
         return len(curves.get(name, ())) > 0
 
-    metrics = {f"test_{m}": curves[f"test_{m}"][-1] for m in LAST if has(f"test_{m}")}
+    passes = tuple(k.removeprefix("test_") for k in curves if k.startswith("test_pass@"))
+    metrics = {f"test_{m}": curves[f"test_{m}"][-1] for m in (*LAST, *passes)
+               if has(f"test_{m}")}
     test_epochs = _epochs_of(curves, "test", "test_top1")
     facts: dict[str, float] = {}
     for suffix, curve in SELECTIONS.items():
@@ -365,7 +381,7 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
         epoch = _epochs_of(curves, "val", curve)[best]
         at = test_epochs.index(epoch)
         metrics |= {f"test_{m}@{suffix}": curves[f"test_{m}"][at]
-                    for m in SELECTED if has(f"test_{m}")}
+                    for m in (*SELECTED, *passes) if has(f"test_{m}")}
         epoch_name = "best_epoch" if suffix == "best_val" else f"{suffix}_epoch"
         facts |= {curve: curves[curve][-1], f"best_{curve}": curves[curve][best],
                   epoch_name: float(epoch)}

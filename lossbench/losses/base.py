@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from lossbench.losses.reducers import LossEntry
 from lossbench.registry import Registry
 
 Consumes = Literal["logits", "binary", "embeddings", "regression", "fewshot", "lm-hidden"]
@@ -32,5 +33,6 @@ class Loss(nn.Module):
         """Hook for losses with epoch-level state; default does nothing."""
 
 
-LOSSES: Registry[Loss] = Registry("loss")
-"""Every loss, registered with ``@LOSSES.register(name, consumes=..., paper=...)``."""
+LOSSES: Registry[Loss] = Registry("loss", LossEntry)
+"""Every loss, registered with ``@LOSSES.register(name, consumes=..., paper=...)``; each also
+takes a reducer (``lossbench.losses.reducers``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=@+-]+", "_", text).strip("_")
 
 
+def _mean_std_panel(ax: Any, group: pd.DataFrame, x: str,
+                    colours: dict[str, tuple[float, ...]]) -> str:
+    """One line per method of ``value`` vs column ``x`` (mean ± std over seeds); returns the
+    panel's seed count for its title (``n=3`` or ``n=2–3``)."""
+    stats = group.groupby(["method", x])["value"].agg(["mean", "std", "count"])
+    for method, curve in stats.groupby(level="method"):
+        ax.errorbar(curve.index.get_level_values(x), curve["mean"],
+                    yerr=curve["std"].fillna(0.0), marker="o", capsize=3, label=method,
+                    color=colours[method])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    n = int(stats["count"].min()), int(stats["count"].max())
+    return f"n={n[0]}" if n[0] == n[1] else f"n={n[0]}–{n[1]}"
+
+
 def noise_figure(runs: pd.DataFrame, metrics: dict[str, str]) -> Figure | None:
     """Metric vs requested noise rate, one panel per (task, noise kind) with >= 2 noise rates."""
     ok = runs[(runs["status"] == "ok") & (runs["metric"] == runs["family"].map(metrics))]
@@ -64,18 +79,33 @@ def noise_figure(runs: pd.DataFrame, metrics: dict[str, str]) -> Figure | None:
     fig = _figure(5.0 * len(sweeps), 4.0)
     for ax, ((task, kind), group) in zip(np.atleast_1d(fig.subplots(1, len(sweeps))), sweeps,
                                          strict=True):
-        stats = group.groupby(["method", "noise_rate"])["value"].agg(["mean", "std", "count"])
-        for method, curve in stats.groupby(level="method"):
-            rates = curve.index.get_level_values("noise_rate")
-            ax.errorbar(rates, curve["mean"], yerr=curve["std"].fillna(0.0), marker="o",
-                        capsize=3, label=method, color=colours[method])
+        seeds = _mean_std_panel(ax, group, "noise_rate", colours)
         metric = group["metric"].iloc[0]
-        n = int(stats["count"].min()), int(stats["count"].max())
-        seeds = f"n={n[0]}" if n[0] == n[1] else f"n={n[0]}–{n[1]}"
         ax.set(title=f"{task}: {metric} vs {kind} noise\n(mean ± std over seeds, {seeds})",
                xlabel=f"requested {kind} noise rate", ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    return fig
+
+
+PASS_AT = re.compile(r"test_pass@(\d+)")
+"""Last-epoch exact pass@N metrics (classification and lm families)."""
+
+
+def pass_at_figure(runs: pd.DataFrame) -> Figure | None:
+    """pass@N vs N (log scale), one panel per task with >= 2 values of N, a line per method:
+    how coverage grows with the sampling budget (the DCO paper's figure)."""
+    rows = runs[(runs["status"] == "ok") & runs["metric"].str.fullmatch(PASS_AT.pattern)]
+    rows = rows.assign(n=rows["metric"].str.extract(PASS_AT.pattern, expand=False).astype(int))
+    tasks = [(task, g) for task, g in rows.groupby("task") if g["n"].nunique() >= 2]
+    if not tasks:
+        return None
+    colours = _colours(list(rows["method"].unique()))
+    fig = _figure(5.0 * len(tasks), 4.0)
+    for ax, (task, group) in zip(np.atleast_1d(fig.subplots(1, len(tasks))), tasks,
+                                 strict=True):
+        seeds = _mean_std_panel(ax, group, "n", colours)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{task}: exact pass@N, last epoch\n(mean ± std over seeds, {seeds})",
+               xlabel="N (samples from the softmax)", ylabel="pass@N (%)")
     return fig
 
 
@@ -225,6 +255,9 @@ def make_plots(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, metric: str 
                      "(sweep with --set noise.rate=...)")
     else:
         save(noise, "noise.png")
+    coverage = pass_at_figure(runs)
+    if coverage is not None:
+        save(coverage, "pass_at_n.png")
     settings = assign_settings(runs, by)
     figures = curve_figures(settings, curves, metrics) if len(curves) else {}
     if not figures:

@@ -15,7 +15,7 @@ import numpy as np
 
 LOWER_IS_BETTER = frozenset(
     {"ece", "nll", "loss", "rmse", "mae", "mse", "error", "err", "brier", "width",
-     "ce", "bpc", "ppl", "rep"}
+     "ce", "bpc", "ppl", "rep", "wis", "crossing"}
 )
 """A metric is lower-is-better when one of the words of its name is in this set."""
 
@@ -26,8 +26,9 @@ def higher_is_better(metric: str) -> bool:
     """Direction of a metric from its name: split on non-alphanumerics, look for an error word.
 
     ``test_top1``, ``test_map@r`` -> higher; ``test_ece``, ``test_nll@best_val``, ``train_loss``,
-    ``test_rmse``, the language-model ``test_ce``, ``test_bpc``, ``test_ppl`` and ``rep_4`` ->
-    lower. Unknown words default to higher-is-better.
+    ``test_rmse``, the language-model ``test_ce``, ``test_bpc``, ``test_ppl`` and ``rep_4``,
+    the quantile ``test_wis_conformal`` and ``test_crossing_raw`` -> lower. Unknown words default
+    to higher-is-better.
     """
     return not LOWER_IS_BETTER.intersection(re.split(r"[^a-z0-9]+", metric.lower()))
 
