@@ -501,3 +501,13 @@ def test_inference_table_pivots_seeds_into_mean_std_cells() -> None:
     assert list(best.index) == [("ce", "prototype"), ("triplet", "prototype")]
     with pytest.raises(UserError, match="accepted: last, best_val"):
         inference_table(pd.DataFrame(rows), "first")
+
+
+def test_method_parameters_do_not_set_a_metric_direction() -> None:
+    """``ce`` is a lower-is-better word (the LM cross-entropy); TIM's ``ce_weight`` in a method
+    label must not turn an accuracy into one."""
+    from lossbench.report.stats import higher_is_better
+
+    assert higher_is_better("test_acc_5w1s_tim:ce_weight=0.5")
+    assert higher_is_better("test_acc_5w1s_dir2_tim:ce_weight=0.5@best_val")
+    assert not higher_is_better("test_ce@best_val") and not higher_is_better("test_nll@best_val")
