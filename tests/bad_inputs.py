@@ -80,6 +80,10 @@ OTHER_TASKS = [
 ]
 BAD_BAG_SETS = ["bags.size=0", "bags.size=abc", "bags.size=2.5", "bags.kind=knn",
                 "bags.seed=abc", "bags.k=2"]
+BAD_FEWSHOT_SETS = ['eval.inference=tim', 'eval.inference=["kmeans"]',
+                    'eval.inference=["tim:iterations=abc"]', 'eval.inference=["paddle:norm=l3"]',
+                    'eval.inference=["tim", "tim"]', "eval.query_dirichlet=abc",
+                    "eval.query_dirichlet=[-1]", "eval.query_dirichlet=[2, 2]"]
 
 
 def cases(tmp: Path) -> Iterator[list[str]]:
@@ -106,6 +110,9 @@ def cases(tmp: Path) -> Iterator[list[str]]:
                    *out]
     for assignment in BAD_BAG_SETS:
         yield ["run", "--loss", "bag-level", "--task", "uci-boston-bags", "--budget", "smoke",
+               "--set", assignment, *out]
+    for assignment in BAD_FEWSHOT_SETS:
+        yield ["run", "--loss", "ce", "--task", "digits-fewshot", "--budget", "smoke",
                "--set", assignment, *out]
     file_out = tmp / "a-file"
     yield ["run", "--loss", "ce", *SMOKE, "--out", str(file_out)]

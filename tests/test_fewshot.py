@@ -22,6 +22,7 @@ from lossbench.cli import app
 from lossbench.data import fewshot_sources as fss
 from lossbench.data import locate
 from lossbench.data.episodes import (
+    dirichlet_counts,
     draw_episodes,
     episode_accuracy,
     episode_batches,
@@ -64,12 +65,13 @@ def test_eval_episodes_are_fixed_by_their_own_seed_and_setting() -> None:
     assert a.digest == b.digest and np.array_equal(a.query, b.query)
     assert draw_episodes(labels, 5, 1, 4, 30, seed=1, split="test").digest != a.digest
     assert draw_episodes(labels, 5, 1, 4, 30, seed=0, split="val").digest != a.digest
-    assert a.support.shape == (30, 5, 1) and a.query.shape == (30, 5, 4)
+    assert a.support.shape == (30, 5, 1) and a.query.shape == (30, 20)
+    assert a.query_alpha is None and np.array_equal(a.query_labels[0], np.repeat(range(5), 4))
     for e in range(30):
         classes = labels[a.support[e, :, 0]]
         assert len(set(classes)) == 5
         for w in range(5):
-            rows = np.concatenate([a.support[e, w], a.query[e, w]])
+            rows = np.concatenate([a.support[e, w], a.query[e, a.query_labels[e] == w]])
             assert len(set(rows)) == 5 and set(labels[rows]) == {classes[w]}
 
 
@@ -79,6 +81,110 @@ def test_eval_episode_mistakes_are_user_errors() -> None:
         draw_episodes(labels, 5, 1, 2, 4, 0, "test")
     with pytest.raises(UserError, match="smallest test class has 6"):
         draw_episodes(labels, 3, 5, 2, 4, 0, "test")
+
+
+def old_draw(labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int, seed: int,
+             split: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The balanced draw and digest as they were before imbalanced episodes existed."""
+    import hashlib
+
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == c) for c in classes]
+    rng = np.random.default_rng([seed, {"val": 1, "test": 2}[split], ways, shots, queries])
+    rows = np.empty((episodes, ways, shots + queries), dtype=np.int64)
+    for e in range(episodes):
+        for w, c in enumerate(rng.choice(len(classes), ways, replace=False)):
+            rows[e, w] = rng.choice(members[c], shots + queries, replace=False)
+    support, query = rows[:, :, :shots], rows[:, :, shots:]
+    h = hashlib.sha256(np.ascontiguousarray(support, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(query, dtype=np.int64).tobytes())
+    return support, query, h.hexdigest()[:16]
+
+
+def old_accuracy(emb: torch.Tensor, support: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The nearest-prototype accuracy as it was computed before inference methods existed."""
+    ways, queries = query.shape[1:]
+    truth = torch.arange(ways).repeat_interleave(queries)
+    prototypes = emb[torch.as_tensor(support)].mean(dim=2)
+    q = emb[torch.as_tensor(query).flatten(1)]
+    pred = torch.cdist(q, prototypes).argmin(dim=2)
+    return ((pred == truth).float().mean(dim=1) * 100.0).numpy()
+
+
+@pytest.mark.parametrize(("ways", "shots", "queries", "split"),
+                         [(5, 1, 15, "test"), (3, 5, 4, "val"), (2, 3, 1, "test")])
+def test_balanced_episodes_digests_and_accuracy_are_unchanged(ways: int, shots: int,
+                                                              queries: int, split: str) -> None:
+    """Balanced stays the default and draws, hashes and scores exactly as before: existing
+    episodes, digests and numbers do not move."""
+    rng = np.random.default_rng(1)
+    labels = rng.permutation(np.repeat(np.arange(9), 25))
+    emb = torch.as_tensor(rng.normal(size=(9, 6))[labels] + rng.normal(size=(225, 6)),
+                          dtype=torch.float32)
+    new = draw_episodes(labels, ways, shots, queries, 40, 3, split)
+    support, query, digest = old_draw(labels, ways, shots, queries, 40, 3, split)
+    assert np.array_equal(new.support, support)
+    assert np.array_equal(new.query, query.reshape(40, -1)) and new.digest == digest
+    assert np.array_equal(episode_accuracy(emb, new, chunk=7), old_accuracy(emb, support, query))
+
+
+def convert_prob_to_samples(prob: np.ndarray, q_shot: int) -> np.ndarray:
+    """Veilleux et al.'s rounding of Dirichlet proportions to counts, transcribed as published
+    (oveilleux/Realistic_Transductive_Few_Shot, src/datasets/sampler.py), one task."""
+    prob = prob * q_shot
+    while sum(np.round(prob)) != q_shot:
+        idx, closest = 0, abs(math.modf(prob[0])[0] - 0.5)
+        for j in range(1, len(prob)):
+            if abs(math.modf(prob[j])[0] - 0.5) < closest:
+                idx, closest = j, abs(math.modf(prob[j])[0] - 0.5)
+        too_many = sum(np.round(prob)) > q_shot
+        prob[idx] = np.floor(prob[idx]) if too_many else np.ceil(prob[idx])
+    return np.round(prob).astype(int)
+
+
+def test_dirichlet_counts_are_the_realistic_benchmark_rounding() -> None:
+    rng = np.random.default_rng(0)
+    for alpha, ways, total in ((0.5, 5, 75), (2.0, 5, 75), (2.0, 3, 45), (10.0, 10, 150)):
+        for _ in range(300):
+            p = rng.dirichlet(np.full(ways, alpha))
+            got = dirichlet_counts(p, total)
+            assert got.sum() == total and got.min() >= 0
+            assert np.array_equal(got, convert_prob_to_samples(p, total))
+
+
+def test_imbalanced_episodes_are_fixed_dirichlet_draws_recorded_in_the_digest() -> None:
+    labels = np.repeat(np.arange(10, 18), 60)
+    a = draw_episodes(labels, 5, 2, 15, 400, seed=0, split="test", query_alpha=2.0)
+    again = draw_episodes(labels, 5, 2, 15, 400, seed=0, split="test", query_alpha=2.0)
+    assert a.digest == again.digest and np.array_equal(a.query, again.query)
+    balanced = draw_episodes(labels, 5, 2, 15, 400, seed=0, split="test")
+    other = draw_episodes(labels, 5, 2, 15, 400, seed=0, split="test", query_alpha=3.0)
+    assert len({a.digest, balanced.digest, other.digest}) == 3
+    assert a.query.shape == (400, 75) and a.support.shape == (400, 5, 2)
+    counts = np.stack([np.bincount(a.query_labels[e], minlength=5) for e in range(400)])
+    assert len({tuple(c) for c in counts}) > 300  # proportions vary by episode
+    for e in range(400):
+        classes = labels[a.support[e, :, 0]]
+        assert len(set(classes)) == 5 and len(set(a.query[e]) | set(a.support[e].flat)) == 85
+        assert np.array_equal(labels[a.query[e]], classes[a.query_labels[e]])
+        assert np.array_equal(labels[a.support[e]], np.repeat(classes[:, None], 2, axis=1))
+    share = counts / 75
+    assert np.abs(share.mean(0) - 0.2).max() < 0.02  # symmetric Dirichlet: 1/W on average
+
+    def largest_share(alpha: float) -> float:
+        eps = draw_episodes(labels, 5, 2, 15, 400, seed=0, split="test", query_alpha=alpha)
+        return float(np.mean([np.bincount(q, minlength=5).max() / 75
+                              for q in eps.query_labels]))
+
+    assert largest_share(0.5) > largest_share(2.0) > largest_share(50.0) > 0.2
+
+
+def test_imbalanced_episodes_too_big_for_a_class_are_a_user_error() -> None:
+    labels = np.repeat(np.arange(5), 8)
+    with pytest.raises(UserError, match=r"Dirichlet\(2.0\) draws all asked a class"):
+        draw_episodes(labels, 5, 1, 7, 5, seed=0, split="test", query_alpha=2.0)
+    with pytest.raises(UserError, match="concentration must be > 0"):
+        draw_episodes(labels, 5, 1, 2, 5, seed=0, split="test", query_alpha=0.0)
 
 
 def test_episode_sampler_lays_out_support_then_queries() -> None:
@@ -111,7 +217,7 @@ def test_accuracy_is_the_nearest_prototype_rule_and_ci_the_normal_formula() -> N
     for e in range(25):
         protos = [emb[eps.support[e, w]].mean(0) for w in range(4)]
         hits = [int(np.argmin([float(((emb[q] - p) ** 2).sum()) for p in protos])) == w
-                for w in range(4) for q in eps.query[e, w]]
+                for q, w in zip(eps.query[e], eps.query_labels[e], strict=True)]
         assert got[e] == pytest.approx(100 * np.mean(hits), abs=1e-4)
     mean, ci = mean_ci95(got)
     assert mean == pytest.approx(np.mean(got))
@@ -287,6 +393,11 @@ def test_missing_data_is_one_line_user_error(tmp_path: Path, monkeypatch: Any) -
     ("eval.norm=l1", "eval.norm got 'l1'"),
     ("eval.test_episodes=1", "must be >= 2"),
     ("split.scheme=cifar-fs", "apply to split.scheme"),
+    ('eval.inference=["kmeans"]', "unknown inference method 'kmeans'"),
+    ('eval.inference=["tim:lr=-1"]', "tim: lr must be > 0"),
+    ('eval.inference=["tim", "tim"]', "lists a method twice"),
+    ("eval.query_dirichlet=[0.0]", "must be > 0"),
+    ("eval.query_dirichlet=[2, 2.0]", "repeats a concentration"),
 ])
 def test_spec_mistakes_are_user_errors(override: str, match: str) -> None:
     with pytest.raises(UserError, match=match):
@@ -353,6 +464,51 @@ def test_digits_runs_every_kind_and_mode_on_the_same_test_episodes(tmp_path: Pat
     assert seeds[0] != seeds[1]  # different training, same episodes
     runs = pd.read_parquet(out / "runs.parquet")
     assert {"test_acc_3w1s", "test_ci95_3w5s", "test_acc_3w5s@best_val"} <= set(runs["metric"])
+
+
+INFERENCE_ALL = ('eval.inference=["prototype", "prototype:norm=l2", "soft-kmeans", "paddle", '
+                 '"tim:iterations=30", "laplacianshot"]')
+
+
+def test_every_inference_method_on_balanced_and_imbalanced_queries(tmp_path: Path) -> None:
+    """One run scores every method on the same fixed balanced and Dirichlet test episodes; the
+    prototype numbers are those of a run without them. Packed, the embeddings agree to float
+    tolerance (tests/test_packed.py), so a method's accuracy may differ by a query flipped near
+    a tie: at most 3 of the 300 test queries (1 point)."""
+    plain = run_cli(tmp_path / "plain", "--task", "digits-fewshot", "--seeds", "0,1",
+                    "--loss", "ce")
+    extra = run_cli(tmp_path / "extra", "--task", "digits-fewshot", "--seeds", "0,1",
+                    "--loss", "ce", "--set", INFERENCE_ALL, "--set", "eval.query_dirichlet=[2]")
+    packed = run_cli(tmp_path / "packed", "--task", "digits-fewshot", "--seeds", "0,1",
+                     "--loss", "ce", "--set", INFERENCE_ALL, "--set",
+                     "eval.query_dirichlet=[2]", "--pack", "2")
+    labels = ["", "_prototype:norm=l2", "_soft-kmeans", "_paddle", "_tim:iterations=30",
+              "_laplacianshot"]
+    for before, after, both in zip(sorted(plain, key=seed_of), sorted(extra, key=seed_of),
+                                   sorted(packed, key=seed_of), strict=True):
+        m = after["metrics"]
+        assert {k: m[k] for k in before["metrics"]} == before["metrics"]
+        assert after["info"]["test_episodes"] == before["info"]["test_episodes"]
+        assert set(after["info"]["imbalanced_test_episodes"]) == {"3w1s_dir2", "3w5s_dir2"}
+        for key in ("3w1s", "3w5s"):
+            for tag in ("", "_dir2"):
+                for label in labels:
+                    name = f"{key}{tag}{label}"
+                    for metric in (f"test_acc_{name}", f"test_acc_{name}@best_val"):
+                        assert 0 <= m[metric] <= 100, metric
+                        assert m[f"test_ci95_{name}"] > 0
+                    assert both["info"]["packed"] == 2
+                    for metric in (f"test_acc_{name}", f"test_acc_{name}@best_val"):
+                        assert abs(both["metrics"][metric] - m[metric]) <= 1.0 + 1e-4, metric
+            best = int(m[f"best_epoch_{key}"])
+            if best == len(after["curves"]["train_loss"]):  # best epoch = last: same scores
+                assert m[f"test_acc_{key}_dir2_tim:iterations=30@best_val"] == m[
+                    f"test_acc_{key}_dir2_tim:iterations=30"]
+        assert "test_acc_3w1s_paddle" not in before["metrics"]
+
+
+def seed_of(record: dict[str, Any]) -> int:
+    return int(record["config"]["seed"])
 
 
 def json_key(value: dict[str, str]) -> str:

@@ -7,15 +7,21 @@ the ``fewshot`` loss contract expects: support rows first (class by class), then
 Evaluation episodes are drawn once, by a numpy generator of their own seeded only by the task's
 ``eval.episode_seed`` and the setting (split, W, K, Q): every loss, run seed and budget that
 shares these is scored on the very same episodes, and adding a setting does not move the others.
-Accuracy is the nearest-prototype rule of Prototypical Networks (Snell et al., NeurIPS 2017):
-the class whose mean support embedding is nearest in squared Euclidean distance.
+Their query sets are balanced (Q per class) unless ``query_alpha`` is given: then the W * Q
+queries are split between the classes by proportions drawn from a symmetric Dirichlet(alpha), the
+"realistic" imbalanced episodes of Veilleux et al. (Realistic Evaluation of Transductive Few-Shot
+Learning, NeurIPS 2021), which draw on a seed stream of their own and enter the digest.
+Accuracy is by default the nearest-prototype rule of Prototypical Networks (Snell et al., NeurIPS
+2017): the class whose mean support embedding is nearest in squared Euclidean distance; any
+other rule (``lossbench.fewshot_inference``) scores the same episodes through ``predict``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +32,15 @@ from lossbench.errors import require
 
 SPLIT_STREAMS = {"val": 1, "test": 2}
 """Seed-sequence ids of the evaluation splits (part of every evaluation episode's seed)."""
+
+DIRICHLET_STREAM = 1
+"""Seed-sequence id that sets imbalanced (Dirichlet) episodes apart from balanced ones."""
+
+DIRICHLET_TRIES = 1000
+"""Proportion draws allowed per episode before a class too small for its share is an error."""
+
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(support [E, W, K, D] class by class, queries [E, T, D]) -> predicted classes [E, T]."""
 
 
 def _members(labels: torch.Tensor) -> list[torch.Tensor]:
@@ -70,28 +85,56 @@ def episode_sampler(ways: int, shots: int, queries: int, episodes: int) -> Sampl
 
 @dataclass(frozen=True)
 class EvalEpisodes:
-    """Fixed evaluation episodes: row ids into one split, support [E, W, K] and query [E, W, Q]."""
+    """Fixed evaluation episodes: row ids into one split, support [E, W, K] (class by class),
+    query [E, T] and its episode-local labels [E, T] (0..W-1, class by class). ``queries`` is the
+    number per class when balanced (T = W * queries), the mean number when ``query_alpha`` is set
+    (the Dirichlet concentration of imbalanced query sets; None: balanced)."""
 
     ways: int
     shots: int
     queries: int
     support: np.ndarray
     query: np.ndarray
+    query_labels: np.ndarray
+    query_alpha: float | None = None
 
     @property
     def digest(self) -> str:
-        """A short hash of the episodes (equal digests = the same episodes)."""
+        """A short hash of the episodes (equal digests = the same episodes). Balanced episodes
+        hash their row ids only (the digests of existing runs stay valid); imbalanced ones add
+        the concentration and the labels."""
         h = hashlib.sha256(np.ascontiguousarray(self.support, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.query, dtype=np.int64).tobytes())
+        if self.query_alpha is not None:
+            h.update(f"dirichlet:{self.query_alpha!r}".encode())
+            h.update(np.ascontiguousarray(self.query_labels, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
 
-def draw_episodes(labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
-                  seed: int, split: str) -> EvalEpisodes:
-    """``episodes`` W-way K-shot Q-query episodes over the classes of ``labels``.
+def dirichlet_counts(proportions: np.ndarray, total: int) -> np.ndarray:
+    """Per-class query counts summing to ``total`` from class proportions (the rounding of
+    Veilleux et al.'s sampler, ``convert_prob_to_samples``): round ``p * total``; while the sum
+    is too large (small), floor (ceil) the entry whose fractional part is nearest 0.5, the first
+    such on ties."""
+    counts = np.asarray(proportions, dtype=np.float64) * total
+    excess = int(np.sum(np.round(counts))) - total
+    while excess != 0:
+        fractions = np.abs(np.modf(counts)[0] - 0.5)
+        i = int(np.argmin(fractions))  # first of the nearest-to-0.5 fractions
+        counts[i] = math.floor(counts[i]) if excess > 0 else math.ceil(counts[i])
+        excess = int(np.sum(np.round(counts))) - total
+    return np.round(counts).astype(np.int64)
 
-    Classes are drawn without replacement per episode, and the K + Q examples of a class without
-    replacement, so no query is also a support example.
+
+def draw_episodes(labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
+                  seed: int, split: str, query_alpha: float | None = None) -> EvalEpisodes:
+    """``episodes`` W-way K-shot episodes over the classes of ``labels``, with W * Q queries.
+
+    Classes are drawn without replacement per episode, and the support and query examples of a
+    class without replacement, so no query is also a support example. Balanced (``query_alpha``
+    None): Q queries per class. Imbalanced: the class proportions are drawn from Dirichlet(alpha,
+    ..., alpha) and turned into counts by ``dirichlet_counts`` (a class may get none); a draw
+    that asks a class for more queries than it has left after its support is drawn again.
     """
     classes = np.unique(labels)
     require(ways <= len(classes), f"{ways}-way episodes need {ways} {split} classes; there are "
@@ -100,24 +143,67 @@ def draw_episodes(labels: np.ndarray, ways: int, shots: int, queries: int, episo
     smallest = min(len(m) for m in members)
     require(shots + queries <= smallest, f"{split} episodes need {shots} + {queries} examples of "
             f"each class; the smallest {split} class has {smallest} (lower eval.queries)")
+    if query_alpha is not None:
+        require(query_alpha > 0, f"a Dirichlet concentration must be > 0, got {query_alpha}")
+        return _draw_imbalanced(members, ways, shots, queries, episodes, seed, split, query_alpha)
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split], ways, shots, queries])
     rows = np.empty((episodes, ways, shots + queries), dtype=np.int64)
     for e in range(episodes):
         for w, c in enumerate(rng.choice(len(classes), ways, replace=False)):
             rows[e, w] = rng.choice(members[c], shots + queries, replace=False)
-    return EvalEpisodes(ways, shots, queries, rows[:, :, :shots], rows[:, :, shots:])
+    query_labels = np.tile(np.repeat(np.arange(ways), queries), (episodes, 1))
+    return EvalEpisodes(ways, shots, queries, rows[:, :, :shots],
+                        rows[:, :, shots:].reshape(episodes, -1), query_labels)
 
 
-def episode_accuracy(emb: torch.Tensor, episodes: EvalEpisodes, chunk: int = 256) -> np.ndarray:
-    """Nearest-prototype accuracy (percent) of each episode, from embeddings of the split [N, D]."""
+def _draw_imbalanced(members: list[np.ndarray], ways: int, shots: int, queries: int,
+                     episodes: int, seed: int, split: str, alpha: float) -> EvalEpisodes:
+    """``draw_episodes`` with Dirichlet query proportions, on a seed stream of their own."""
+    alpha_bits = int(np.float64(alpha).view(np.uint64))
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split], ways, shots, queries,
+                                 DIRICHLET_STREAM, alpha_bits])
+    total = ways * queries
+    support = np.empty((episodes, ways, shots), dtype=np.int64)
+    query = np.empty((episodes, total), dtype=np.int64)
+    query_labels = np.empty((episodes, total), dtype=np.int64)
+    for e in range(episodes):
+        chosen = rng.choice(len(members), ways, replace=False)
+        room = np.array([len(members[c]) - shots for c in chosen])
+        for _ in range(DIRICHLET_TRIES):
+            counts = dirichlet_counts(rng.dirichlet(np.full(ways, alpha)), total)
+            if np.all(counts <= room):
+                break
+        else:
+            require(False, f"{split} episodes: {DIRICHLET_TRIES} Dirichlet({alpha}) draws all "
+                    f"asked a class for more than its {int(room.min())} examples left after the "
+                    f"support (lower eval.queries or raise the concentration)")
+        start = 0
+        for w, (c, n) in enumerate(zip(chosen, counts, strict=True)):
+            rows = rng.choice(members[c], shots + n, replace=False)
+            support[e, w] = rows[:shots]
+            query[e, start : start + n] = rows[shots:]
+            query_labels[e, start : start + n] = w
+            start += n
+    return EvalEpisodes(ways, shots, queries, support, query, query_labels, alpha)
+
+
+def nearest_prototype(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The nearest-prototype rule (Snell et al., Eq. 1-2): the class [E, T] whose mean support
+    embedding (support [E, W, K, D]) is nearest to each query [E, T, D]."""
+    return torch.cdist(query, support.mean(dim=2)).argmin(dim=2)
+
+
+def episode_accuracy(emb: torch.Tensor, episodes: EvalEpisodes, chunk: int = 256,
+                     predict: Predictor = nearest_prototype) -> np.ndarray:
+    """Accuracy (percent) of each episode by ``predict`` (nearest prototype unless given), from
+    embeddings of the split [N, D], ``chunk`` episodes at a time."""
     out = []
-    truth = torch.arange(episodes.ways, device=emb.device).repeat_interleave(episodes.queries)
     for start in range(0, len(episodes.support), chunk):
-        support = torch.as_tensor(episodes.support[start : start + chunk], device=emb.device)
-        query = torch.as_tensor(episodes.query[start : start + chunk], device=emb.device)
-        prototypes = emb[support].mean(dim=2)
-        q = emb[query.flatten(1)]
-        pred = torch.cdist(q, prototypes).argmin(dim=2)
+        stop = start + chunk
+        support = torch.as_tensor(episodes.support[start:stop], device=emb.device)
+        query = torch.as_tensor(episodes.query[start:stop], device=emb.device)
+        truth = torch.as_tensor(episodes.query_labels[start:stop], device=emb.device)
+        pred = predict(emb[support], emb[query])
         out.append((pred == truth).float().mean(dim=1) * 100.0)
     return torch.cat(out).cpu().numpy()
 

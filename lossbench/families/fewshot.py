@@ -26,6 +26,12 @@ Training (``fewshot.mode``), the backbone's output being the embedding (``fewsho
 Every mode processes the same number of images per epoch: ``fewshot.episodes_per_epoch = 0``
 means one pass over the base set in episodes. ``eval.norm = "l2"`` L2-normalises embeddings
 before the nearest-prototype rule (SimpleShot; Wang et al. 2019); default ``none``.
+
+Inference is an axis of its own (``fewshot_scoring``): ``eval.inference`` lists methods of
+``lossbench.fewshot_inference`` (prototype, soft-kmeans, paddle, tim, laplacianshot; default the
+prototype rule alone) and ``eval.query_dirichlet`` concentrations of imbalanced test query sets
+(Veilleux et al., NeurIPS 2021; default none); every method is scored on every query
+distribution at the last and the best-validation epoch, e.g. ``test_acc_5w1s_dir2_paddle``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,14 @@ from lossbench.data.views import View, identity, image_view, train_view
 from lossbench.engine.train import Sampler, TrainConfig, Trainer, batches, seed_everything
 from lossbench.errors import UserError, require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
+from lossbench.families.fewshot_scoring import (
+    Scoring,
+    Snapshots,
+    build_scoring,
+    scored_metrics,
+    scoring_info,
+)
+from lossbench.fewshot_inference import method_label
 from lossbench.losses import LOSSES, Loss
 from lossbench.losses.fewshot import prototype_logits, split_episode
 from lossbench.models import MODELS
@@ -88,6 +102,8 @@ class EvalConfig:
     val_episodes: int = 300
     episode_seed: int = 0
     norm: Literal["none", "l2"] = "none"
+    inference: tuple[str, ...] = ("prototype",)
+    query_dirichlet: tuple[float, ...] = ()
 
     @property
     def settings(self) -> list[tuple[int, int]]:
@@ -118,6 +134,13 @@ def read_config(spec: Mapping[str, Any]) -> tuple[FewshotConfig, SplitConfig, Ev
     require(ev.queries >= 1, f"eval.queries must be >= 1, got {ev.queries}")
     require(ev.test_episodes >= 2 and ev.val_episodes >= 2,
             "eval.test_episodes and eval.val_episodes must be >= 2")
+    listed = [method_label(m) for m in ev.inference]
+    require(len(set(listed)) == len(listed),
+            f"eval.inference lists a method twice: {list(ev.inference)}")
+    require(all(a > 0 for a in ev.query_dirichlet), f"eval.query_dirichlet concentrations must "
+            f"be > 0, got {list(ev.query_dirichlet)}")
+    require(len(set(ev.query_dirichlet)) == len(ev.query_dirichlet),
+            f"eval.query_dirichlet repeats a concentration: {list(ev.query_dirichlet)}")
     CLASS_SPLITS.get(split.scheme)
     require(split.scheme == "explicit" or not (split.base or split.val or split.novel),
             f"split.base / split.val / split.novel apply to split.scheme = \"explicit\" only "
@@ -347,6 +370,13 @@ def eval_episodes(data: FewshotData, ev: EvalConfig
     return val_eps, test_eps
 
 
+def extra_scoring(data: FewshotData, ev: EvalConfig) -> Scoring:
+    """The inference methods and imbalanced test episodes scored after training."""
+    settings = {tag(w, s): (w, s) for w, s in ev.settings}
+    return build_scoring(ev.inference, ev.query_dirichlet, data.y_novel, settings, ev.queries,
+                         ev.test_episodes, ev.episode_seed)
+
+
 def build_model(spec: Mapping[str, Any], data: FewshotData, fs: FewshotConfig) -> nn.Module:
     """The task's model with an ``embedding_dim`` output."""
     model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
@@ -424,6 +454,8 @@ def run_fewshot(ctx: RunContext) -> RunOutput:
     data = prepare_data(spec, split, ctx.device)
     check_base_ways(fs, data)
     val_eps, test_eps = eval_episodes(data, ev)
+    scoring = extra_scoring(data, ev)
+    snaps = Snapshots()
 
     seed_everything(ctx.seed)
     model = build_model(spec, data, fs).to(ctx.device)
@@ -436,12 +468,17 @@ def run_fewshot(ctx: RunContext) -> RunOutput:
     curves: dict[str, list[float]] = {}
     for epoch in range(cfg.epochs):
         train_loss = trainer.epoch(data.x_base, data.y_base, generator, epoch)
-        add_epoch(curves, train_loss, embed(trainer.predict(data.x_val, view=data.view), ev.norm),
-                  embed(trainer.predict(data.x_novel, view=data.view), ev.norm),
-                  val_eps, test_eps)
+        emb_val = embed(trainer.predict(data.x_val, view=data.view), ev.norm)
+        emb_novel = embed(trainer.predict(data.x_novel, view=data.view), ev.norm)
+        add_epoch(curves, train_loss, emb_val, emb_novel, val_eps, test_eps)
+        if scoring.active:
+            snaps.update(curves, emb_novel, list(test_eps))
         first = next(iter(test_eps))
         ctx.report(epoch + 1, cfg.epochs, {"loss": curves["train_loss"][-1],
                                            f"val_{first}": curves[f"val_acc_{first}"][-1],
                                            f"test_{first}": curves[f"test_acc_{first}"][-1]})
-    return RunOutput(final_metrics(curves, test_eps), curves,
-                     run_info(data, fs, kind, steps, val_eps, test_eps))
+    metrics = final_metrics(curves, test_eps)
+    if scoring.active:
+        metrics |= scored_metrics(scoring, snaps, test_eps)
+    return RunOutput(metrics, curves,
+                     run_info(data, fs, kind, steps, val_eps, test_eps) | scoring_info(scoring))

@@ -32,12 +32,14 @@ from lossbench.families.fewshot import (
     check_loss,
     embed,
     eval_episodes,
+    extra_scoring,
     final_metrics,
     prepare_data,
     read_config,
     run_info,
     train_sampler,
 )
+from lossbench.families.fewshot_scoring import Snapshots, scored_metrics, scoring_info
 
 
 def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
@@ -52,6 +54,8 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
     data = prepare_data(spec, split, device)
     check_base_ways(fs, data)
     val_eps, test_eps = eval_episodes(data, ev)
+    scoring = extra_scoring(data, ev)
+    snaps = [Snapshots() for _ in ctxs]
     models, losses = build_members(
         ctxs, lambda ctx: (build_model(spec, data, fs),
                            build_loss(ctx.loss, ctx.loss_params, fs, kind_of[ctx.loss], data)),
@@ -69,13 +73,20 @@ def run_fewshot_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]
                embeddings: tuple[torch.Tensor, torch.Tensor]) -> None:
         emb_val, emb_novel = embeddings
         add_epoch(curves[m], train_loss, emb_val[m], emb_novel[m], val_eps, test_eps)
+        if scoring.active:
+            snaps[m].update(curves[m], emb_novel[m], list(test_eps))
 
     outcomes = train_packed(trainer, cfg.epochs, data.x_base, [data.y_base] * len(ctxs),
                             [ctx.seed for ctx in ctxs], evaluate, record)
-    return [outcome or RunOutput(final_metrics(curves[m], test_eps), curves[m],
-                                 run_info(data, fs, kinds[m], steps, val_eps, test_eps)
-                                 | {"packed": len(ctxs)})
-            for m, outcome in enumerate(outcomes)]
+
+    def output(m: int) -> RunOutput:
+        metrics = final_metrics(curves[m], test_eps)
+        if scoring.active:
+            metrics |= scored_metrics(scoring, snaps[m], test_eps)
+        info = run_info(data, fs, kinds[m], steps, val_eps, test_eps) | scoring_info(scoring)
+        return RunOutput(metrics, curves[m], info | {"packed": len(ctxs)})
+
+    return [outcome or output(m) for m, outcome in enumerate(outcomes)]
 
 
 PACKED_RUNNERS["fewshot"] = run_fewshot_packed

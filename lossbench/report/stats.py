@@ -28,9 +28,12 @@ def higher_is_better(metric: str) -> bool:
     ``test_top1``, ``test_map@r`` -> higher; ``test_ece``, ``test_nll@best_val``, ``train_loss``,
     ``test_rmse``, the language-model ``test_ce``, ``test_bpc``, ``test_ppl`` and ``rep_4``,
     the quantile ``test_wis_conformal`` and ``test_crossing_raw`` -> lower. Unknown words default
-    to higher-is-better.
+    to higher-is-better. Parameters of a few-shot inference method in a name (after ``:``, up to
+    ``@``) are not words of the metric: ``test_acc_5w1s_tim:ce_weight=0.5`` is an accuracy.
     """
-    return not LOWER_IS_BETTER.intersection(re.split(r"[^a-z0-9]+", metric.lower()))
+    name, _, selection = metric.lower().partition("@")
+    words = re.split(r"[^a-z0-9]+", name.split(":")[0] + "@" + selection)
+    return not LOWER_IS_BETTER.intersection(words)
 
 
 def _t_abs_cdf(t: float, df: int) -> float:
