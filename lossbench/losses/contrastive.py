@@ -29,9 +29,12 @@ row's value here is the function whose gradient that is, the first-order expansi
 
     L_r = tau_r (log u_r + g_r(z) / u_r - 1) - s_r+        (u_r held fixed)
 
-It equals the global contrastive loss estimate ``tau log u_r - s_r+`` when ``u_r = g_r`` (first
-visit, or ``gamma = 1``) and lies above it otherwise (``log x <= x - 1``). LibAUC returns a
-surrogate with the same gradient but no meaning as a value (``-s_r+ + 1/|N| sum p s``).
+It equals the mini-batch global contrastive loss ``tau log g_r - s_r+`` when ``u_r = g_r``
+(first visit, or ``gamma = 1``) and lies above it otherwise (``log x <= x - 1`` at ``x = g/u``).
+With ``gamma < 1`` the training gradient is therefore not the derivative of this value in
+``u``'s dependence on the batch: ``u`` is a stop-gradient, as in the papers' algorithms.
+LibAUC returns a surrogate with the same gradient but no meaning as a value
+(``-s_r+ + 1/|N| sum p s``).
 
 Scale: the engine averages rows, so the batch loss is the mean over the 2B rows; LibAUC and the
 official code return ``mean_i (L_i^a + L_i^b)``, twice that (an lr factor of 2 for SGD, none for
