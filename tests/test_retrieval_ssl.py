@@ -208,3 +208,13 @@ def test_colour_jitter_stays_in_range_and_greys_rgb() -> None:
     assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
     same = colour_jitter(x, torch.Generator().manual_seed(0), strength=0.4, p=0.0, grey_p=0.0)
     assert torch.allclose(same, x, atol=1e-3)  # p = 0: unchanged (up to rounding)
+
+
+def test_state_losses_also_train_with_labels_in_supervised_mode(tmp_path: Path) -> None:
+    """In P x m batches the rows of a class are positives of each other (the labelled
+    generalisation); the per-example state is keyed by the trainer's example ids as well."""
+    records = run(["--loss", "sogclr", "--loss", "isogclr", "--task", "digits-retrieval",
+                   "--budget", "smoke", "--seeds", "0", "--device", "cpu"], tmp_path / "out")
+    for rec in records:
+        assert rec["status"] == "ok", rec.get("reason")
+        assert all(math.isfinite(v) for v in rec["metrics"].values())
