@@ -1,7 +1,12 @@
 """sogclr / isogclr against LibAUC's ``GCLoss_v1`` on identical inputs, step after step.
 
-    pip install --target /tmp/libauc --no-deps libauc      # only losses/contrastive.py is used
-    PYTHONPATH=$PWD:/tmp/libauc python benchmarks/libauc_crosscheck.py
+    pip install --no-deps libauc        # only libauc.losses.contrastive is imported
+    python benchmarks/libauc_crosscheck.py
+
+(or ``pip install --target /tmp/libauc --no-deps libauc`` and ``PYTHONPATH=$PWD:/tmp/libauc``).
+LibAUC is not a dev extra: its declared dependencies include torch_geometric, ogb, transformers
+and opencv; ``--no-deps`` suffices for this module. ``tests/test_contrastive.py`` runs the same
+comparison on a small case when libauc imports, and skips otherwise.
 
 Both losses see the same two views ``h1, h2`` [B, D] of the same example ids over several steps
 (a few passes over N ids, so later batches revisit examples and ``gamma < 1`` applies), each
@@ -101,8 +106,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     if importlib.util.find_spec("libauc") is None:
-        raise SystemExit("libauc is not importable: pip install --target /tmp/libauc --no-deps "
-                         "libauc, then PYTHONPATH=$PWD:/tmp/libauc")
+        raise SystemExit("libauc is not importable: pip install --no-deps libauc")
     import libauc
 
     print(f"LibAUC {libauc.__version__}, torch {torch.__version__}; n={args.n} batch={args.batch}"
