@@ -124,7 +124,7 @@ def test_imbalance_is_refused_in_supervised_mode() -> None:
 
 
 @pytest.mark.parametrize("task", ["fashion-mnist-ssl", "fashion-mnist-ssl-lt", "cifar10-ssl",
-                                  "cifar100-ssl"])
+                                  "cifar100-ssl", "cifar10-ssl-lt", "cifar100-ssl-lt"])
 @pytest.mark.parametrize("budget", ["smoke", "quick", "paper"])
 def test_ssl_tasks_resolve_at_every_budget(task: str, budget: str) -> None:
     configs = expand(["infonce", "sogclr", "isogclr"], [task], [0], budget)
