@@ -218,3 +218,16 @@ def test_state_losses_also_train_with_labels_in_supervised_mode(tmp_path: Path) 
     for rec in records:
         assert rec["status"] == "ok", rec.get("reason")
         assert all(math.isfinite(v) for v in rec["metrics"].values())
+
+
+def test_held_out_classes_are_the_retrieval_set(tmp_path: Path) -> None:
+    """With split.train_classes, training (and kNN / probe) use those classes only; Recall@K and
+    MAP@R rank the test images of the other classes, never seen in training."""
+    (rec,) = run(["--loss", "infonce", *fixture(tmp_path),
+                  "--set", "split.train_classes=[0,1,2,3,4,5,6]"], tmp_path / "out")
+    info = rec["info"]
+    assert rec["status"] == "ok", rec.get("reason")
+    assert info["retrieval_set"] == "held-out classes" and info["train_classes"] == 7
+    assert info["num_retrieval"] == 24 and info["num_test"] == 56  # 80 test images, 8 per class
+    assert info["num_train"] + info["num_val"] == 168
+    assert all(math.isfinite(v) for v in rec["metrics"].values())
