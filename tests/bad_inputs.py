@@ -77,6 +77,8 @@ OTHER_TASKS = [
     ("digits-fewshot", ["ms", "mse", "icnn:k=-1"]),
     ("uci-boston", ["mse:x=1", "bag-level", "bag-interp"]),
     ("uci-boston-bags", ["bag-interp:rho=2", "bag-interp:rho=-1", "bag-level:rho=0.5"]),
+    ("fashion-mnist-ssl", ["ms", "ce", "sogclr:gamma=0", "sogclr:temperature=abc",
+                           "isogclr:tau_init=5", "isogclr:tau_min=0", "isogclr:beta=2"]),
 ]
 BAD_BAG_SETS = ["bags.size=0", "bags.size=abc", "bags.size=2.5", "bags.kind=knn",
                 "bags.seed=abc", "bags.k=2"]

@@ -153,3 +153,19 @@ def test_binary_margin_losses_end_to_end_and_deterministic(tmp_path: Path) -> No
         assert rec["info"]["imbalance"]["profile"] == "positive-rate"
     again = _run(tmp_path / "b", "ensloss")
     assert again["ensloss"]["metrics"] == records["ensloss"]["metrics"]
+
+
+def test_reverse_reads_the_profile_from_the_last_class() -> None:
+    """``imbalance.reverse``: the same counts in reverse class order (the last class the head),
+    so a long-tailed run can be repeated with the frequent and rare classes swapped."""
+    y = np.repeat(np.arange(4), 50)
+    train, val = np.arange(0, 200, 2), np.arange(1, 200, 2)
+    table = {"profile": "exp", "ratio": 10}
+    _, _, forward = apply_imbalance(y, train, val, 4, table)
+    tr, _, backward = apply_imbalance(y, train, val, 4, table | {"reverse": True})
+    assert backward.train_counts == forward.train_counts[::-1]
+    assert backward.val_counts == forward.val_counts[::-1] and backward.reverse
+    assert np.bincount(y[tr], minlength=4).tolist() == backward.train_counts
+    assert not forward.reverse
+    with pytest.raises(UserError, match=r"imbalance\.reverse must be true or false"):
+        apply_imbalance(y, train, val, 4, table | {"reverse": "yes"})

@@ -90,6 +90,15 @@ def test_fashion_mnist_noisy_smoke(tmp_path: Path) -> None:
     assert 0.3 < record["info"]["noise"]["realised_rate"] < 0.5
 
 
+def test_fashion_mnist_ssl_smoke_scores_the_real_test_images(tmp_path: Path) -> None:
+    needs("fashion-mnist")
+    record = run_smoke(tmp_path, "fashion-mnist-ssl", "isogclr")
+    info, metrics = record["info"], record["metrics"]
+    assert (info["num_train"], info["num_val"], info["num_test"]) == (512, 128, 256)
+    assert info["labels_used_in_training"] is False and info["train_classes"] == 10
+    assert metrics["test_knn_acc"] > 30 and metrics["test_probe_acc"] > 30  # chance: 10
+
+
 def test_letter_noisy_smoke_records_both_noise_rates(tmp_path: Path) -> None:
     needs("letter")
     record = run_smoke(tmp_path, "letter-noisy", "ldr")

@@ -112,17 +112,32 @@ class ImbalanceReport:
     val_counts: list[int]
     realised_ratio: float
     """max / min of the training counts (clean labels)."""
+    reverse: bool = False
+    """The profile read from the last class (``imbalance.reverse``)."""
 
 
-def split_table(table: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
-    """``[imbalance]`` -> (profile name, subsampling seed, profile parameters)."""
+def split_table(table: Mapping[str, Any]) -> tuple[str, int, bool, dict[str, Any]]:
+    """``[imbalance]`` -> (profile name, subsampling seed, reverse, profile parameters).
+
+    ``reverse = true`` applies the profile to the classes in reverse order (the last class the
+    head): which classes are frequent is then not confounded with which classes they are."""
     params = dict(table)
-    return str(params.pop("profile", "")), int(params.pop("seed", 0)), params
+    reverse = params.pop("reverse", False)
+    require(isinstance(reverse, bool), f"imbalance.reverse must be true or false, got {reverse!r}")
+    return str(params.pop("profile", "")), int(params.pop("seed", 0)), reverse, params
+
+
+def profile_counts(entry: Any, params: Mapping[str, Any], available: np.ndarray,
+                   reverse: bool) -> np.ndarray:
+    """The counts to keep per class, the profile read from the last class when ``reverse``."""
+    if not reverse:
+        return entry.build(params, available=available)
+    return entry.build(params, available=available[::-1].copy())[::-1].copy()
 
 
 def check_imbalance(table: Mapping[str, Any]) -> dict[str, Any]:
     """Resolve and range-check an ``[imbalance]`` table before any data is loaded."""
-    name, _, params = split_table(table)
+    name, _, _, params = split_table(table)
     entry = PROFILES.get(name)
     resolved = entry.resolve(params)
     entry.build(resolved, available=np.array([100, 100]))  # ranges raise UserError here
@@ -138,13 +153,13 @@ def apply_imbalance(
     Each part gets the profile applied to its own available counts, with its own child stream of
     the imbalance generator, so the validation draw does not depend on the training one.
     """
-    name, seed, params = split_table(table)
+    name, seed, reverse, params = split_table(table)
     entry = PROFILES.get(name)
     resolved = entry.resolve(params)
     parts = []
     for stream, idx in enumerate((train_idx, val_idx)):
         labels = y[idx]
-        counts = entry.build(resolved, available=class_counts(labels, num_classes))
+        counts = profile_counts(entry, resolved, class_counts(labels, num_classes), reverse)
         rng = np.random.default_rng([seed, IMBALANCE_SEED_SALT, stream])
         parts.append(idx[subsample(labels, counts, rng)])
     train_counts = class_counts(y[parts[0]], num_classes)
@@ -153,6 +168,7 @@ def apply_imbalance(
         train_counts=train_counts.tolist(),
         val_counts=class_counts(y[parts[1]], num_classes).tolist(),
         realised_ratio=float(train_counts.max() / max(1, train_counts.min())),
+        reverse=reverse,
     )
     return parts[0], parts[1], report
 

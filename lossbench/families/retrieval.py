@@ -8,6 +8,10 @@ test classes: a validation split of the *training* data -- held-out training cla
 (``split.val_by = "class"``) or held-out examples of them (``"example"``) -- picks the epoch with
 the best validation MAP@R; last-epoch and best-by-validation test metrics are both reported.
 
+``retrieval.mode = "self-supervised"`` trains without labels instead (two augmented views of
+each image as the positive pair) and adds kNN and linear-probe accuracy (``retrieval_ssl``); the
+modes are registered in ``MODES``.
+
 Embedding losses get ``num_classes`` (training classes after the validation split) and
 ``embedding_dim``. A logits loss trains through a cosine-classifier head owned by this family
 (``CosineHeadLoss``: ``scale * cos(emb, w_c)``, Zhai & Wu, BMVC 2019), so every classification
@@ -31,6 +35,7 @@ from lossbench.data.views import View, identity, image_view, train_view
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
+from lossbench.families.classification import subset
 from lossbench.losses import LOSSES, Loss
 from lossbench.metrics_retrieval import retrieval_metrics
 from lossbench.models import MODELS
@@ -48,6 +53,9 @@ class RetrievalConfig:
     embedding_dim: int = 128
     samples_per_class: int = 4
     head_scale: float = 16.0
+    mode: Literal["supervised", "self-supervised"] = "supervised"
+    """``supervised``: P x m batches of labelled training classes; ``self-supervised``: no
+    labels in training (``retrieval_ssl``)."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +66,26 @@ class SplitConfig:
     val_by: Literal["class", "example"] = "class"
     val_fraction: float = 0.25
     split_seed: int = 0
+    train_limit: int = 0
+    """At most this many training examples (0: all), drawn by ``split_seed``: smoke budgets on
+    a few hundred images of a large set. Also ``val_limit``, ``test_limit`` (the test rows)."""
+    val_limit: int = 0
+    test_limit: int = 0
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """``[eval]``: which Recall@K, and the memory bound of the evaluation (scores per tile)."""
+    """``[eval]``: which Recall@K, the memory bound of the evaluation (scores per tile), and the
+    frozen-embedding scores of the self-supervised mode (``lossbench.metrics_frozen``)."""
 
     recall_at: tuple[int, ...] = (1, 2, 4, 8)
     chunk_elements: int = 2**24
+    knn_k: int = 200
+    """Self-supervised mode: neighbours of the weighted kNN classifier (Wu et al., 2018)."""
+    knn_temperature: float = 0.07
+    probe_l2: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    """Self-supervised mode: the linear probe's L2 strengths, one picked on validation."""
+    probe_iters: int = 100
 
 
 def read_config(spec: Mapping[str, Any]) -> tuple[RetrievalConfig, SplitConfig, EvalConfig]:
@@ -85,13 +105,53 @@ def read_config(spec: Mapping[str, Any]) -> tuple[RetrievalConfig, SplitConfig, 
     require(len(ev.recall_at) > 0 and all(k >= 1 for k in ev.recall_at),
             f"eval.recall_at must be positive integers, got {list(ev.recall_at)}")
     require(ev.chunk_elements >= 1, f"eval.chunk_elements must be >= 1, got {ev.chunk_elements}")
+    for key in ("train_limit", "val_limit", "test_limit"):
+        require(getattr(split, key) >= 0,
+                f"split.{key} must be an int >= 0 (0: no limit), got {getattr(split, key)}")
+    require(ev.knn_k >= 1, f"eval.knn_k must be >= 1, got {ev.knn_k}")
+    require(ev.knn_temperature > 0, f"eval.knn_temperature must be > 0, got {ev.knn_temperature}")
+    require(len(ev.probe_l2) > 0 and all(v >= 0 for v in ev.probe_l2),
+            f"eval.probe_l2 must be a non-empty list of numbers >= 0, got {list(ev.probe_l2)}")
+    require(ev.probe_iters >= 1, f"eval.probe_iters must be >= 1, got {ev.probe_iters}")
     return ret, split, ev
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way a retrieval task trains: its run, its own spec checks, and the losses it takes
+    (``check_loss(name)`` raises a one-line UserError for a loss it cannot train)."""
+
+    run: Callable[[RunContext], RunOutput]
+    check: Callable[[Mapping[str, Any]], None]
+    check_loss: Callable[[str], None]
+
+
+MODES: dict[str, Mode] = {}
+"""``retrieval.mode`` -> how it trains; ``supervised`` here, ``self-supervised`` in
+``retrieval_ssl``. Packed runners: ``retrieval_packed.PACKED_MODES``."""
+
+
+def mode_of(spec: Mapping[str, Any]) -> Mode:
+    return MODES[read_config(spec)[0].mode]
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Validate a resolved spec before any data is loaded."""
-    cfg = check_common(spec)
+    check_common(spec)
+    mode_of(spec).check(spec)
+
+
+def check_spec_loss(spec: Mapping[str, Any], loss: str) -> None:
+    """Before the grid: can this spec's mode train this loss?"""
+    mode_of(spec).check_loss(loss)
+
+
+def check_supervised(spec: Mapping[str, Any]) -> None:
+    """The P x m batches need a batch size that is a multiple of ``m``, with two classes."""
+    cfg = TrainConfig.from_spec(spec["train"])
     ret, _, _ = read_config(spec)
+    require("imbalance" not in spec, "[imbalance] is supported in retrieval.mode = "
+            "\"self-supervised\" only")
     m = ret.samples_per_class
     require(cfg.batch_size % m == 0 and cfg.batch_size // m >= 2,
             f"train.batch_size ({cfg.batch_size}) must be a multiple of "
@@ -159,6 +219,10 @@ def prepare_data(spec: Mapping[str, Any], split: SplitConfig, device: torch.devi
     raw = load_source(spec["data"])
     x_tr, y_tr, x_te, y_te = class_split(raw, split, source)
     train_idx, val_idx = validation_split(y_tr, split)
+    train_idx = subset(train_idx, split.train_limit, split.split_seed)
+    val_idx = subset(val_idx, split.val_limit, split.split_seed)
+    test_idx = subset(np.arange(len(y_te)), split.test_limit, split.split_seed)
+    x_te, y_te = x_te[test_idx], y_te[test_idx]
     y_train = np.unique(y_tr[train_idx], return_inverse=True)[1]
     image = raw.kind == "image"
     dtype = torch.uint8 if image else torch.float32
@@ -249,12 +313,12 @@ MAIN = ("recall@1", "map@r", "r_precision", "auc")
 """Test metrics also reported at the best-validation epoch."""
 
 
-def build_model(spec: Mapping[str, Any], data: RetrievalData, ret: RetrievalConfig
+def build_model(spec: Mapping[str, Any], in_shape: tuple[int, ...], ret: RetrievalConfig
                 ) -> nn.Module:
-    """The task's model with an ``embedding_dim`` output."""
+    """The task's model for inputs of ``in_shape`` with an ``embedding_dim`` output."""
     model_spec = {k: v for k, v in spec["model"].items() if k != "name"}
     return MODELS.get(spec["model"]["name"]).build(
-        model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=ret.embedding_dim)
+        model_spec, in_shape=in_shape, out_dim=ret.embedding_dim)
 
 
 def add_epoch(curves: dict[str, list[float]], train_loss: float,
@@ -284,11 +348,18 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
     "retrieval",
     accepts=tuple(ADAPTERS),
     summary=("test_recall@1", "test_map@r", "test_recall@1@best_val", "test_map@r@best_val",
-             "test_auc"),
+             "test_auc", "test_knn_acc", "test_probe_acc"),
     check=check_spec,
+    check_loss=check_spec_loss,
     supplies=("num_classes", "num_train", "embedding_dim"),
 )
 def run_retrieval(ctx: RunContext) -> RunOutput:
+    """Train an embedding (supervised or self-supervised, ``retrieval.mode``); Recall@K, MAP@R,
+    AUC on held-out classes (and kNN / linear-probe accuracy without labels)."""
+    return mode_of(ctx.spec).run(ctx)
+
+
+def run_supervised(ctx: RunContext) -> RunOutput:
     """Train an embedding on training classes; Recall@K, MAP@R, AUC on held-out classes."""
     spec = ctx.spec
     ret, split, ev = read_config(spec)
@@ -296,7 +367,7 @@ def run_retrieval(ctx: RunContext) -> RunOutput:
     data = prepare_data(spec, split, ctx.device)
 
     seed_everything(ctx.seed)
-    model = build_model(spec, data, ret).to(ctx.device)
+    model = build_model(spec, tuple(data.x_train.shape[1:]), ret).to(ctx.device)
     loss = build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
                       len(data.x_train)).to(ctx.device)
     trainer = Trainer(model, loss, cfg, ctx.device, max(1, len(data.x_train) // cfg.batch_size),
@@ -317,3 +388,7 @@ def run_retrieval(ctx: RunContext) -> RunOutput:
                                            "val_map@r": curves["val_map@r"][-1],
                                            "test_recall@1": curves["test_recall@1"][-1]})
     return RunOutput(final_metrics(curves), curves, data.info)
+
+
+MODES["supervised"] = Mode(run=run_supervised, check=check_supervised,
+                           check_loss=lambda name: None)

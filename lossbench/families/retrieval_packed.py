@@ -9,7 +9,7 @@ initialisation, P x m batch order, augmentation draws and loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,15 +33,25 @@ from lossbench.families.retrieval import (
 )
 from lossbench.metrics_retrieval import retrieval_metrics
 
+PackedRunner = Callable[[Sequence[RunContext]], list[RunOutput | Diverged]]
+
+PACKED_MODES: dict[str, PackedRunner] = {}
+"""``retrieval.mode`` -> its packed runner (``self-supervised``: ``retrieval_ssl``)."""
+
 
 def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
+    """The packed runner of the group's ``retrieval.mode``."""
+    return PACKED_MODES[read_config(ctxs[0].spec)[0].mode](ctxs)
+
+
+def run_supervised_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
     """Train every context's run in one packed computation; one outcome per context."""
     spec, device = ctxs[0].spec, ctxs[0].device
     ret, split, ev = read_config(spec)
     cfg = TrainConfig.from_spec(spec["train"])
     data = prepare_data(spec, split, device)
     models, losses = build_members(
-        ctxs, lambda ctx: (build_model(spec, data, ret),
+        ctxs, lambda ctx: (build_model(spec, tuple(data.x_train.shape[1:]), ret),
                            build_loss(ctx.loss, ctx.loss_params, ret, data.num_classes,
                                       len(data.x_train))),
         device)
@@ -70,4 +80,5 @@ def run_retrieval_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverge
             for m, outcome in enumerate(outcomes)]
 
 
+PACKED_MODES["supervised"] = run_supervised_packed
 PACKED_RUNNERS["retrieval"] = run_retrieval_packed

@@ -286,6 +286,7 @@ class Triplet(Loss):
 @LOSSES.register(
     "infonce",
     consumes="embeddings",
+    self_supervised=True,
     paper="van den Oord, Li, Vinyals, Representation Learning with Contrastive Predictive "
     "Coding, arXiv:1807.03748 2018 (InfoNCE); Sohn, Improved Deep Metric Learning with "
     "Multi-class N-pair Loss Objective, NeurIPS 2016; Chen et al., SimCLR (NT-Xent), ICML 2020",
@@ -298,6 +299,11 @@ class InfoNCE(Loss):
     the mean over all positive pairs (PML ``NTXentLoss`` with ``MeanReducer``), each pair's term
     going to its anchor. With one positive per anchor and ``T = 1`` on unnormalised dot products
     this is Sohn's N-pair-mc loss (Eq. 4). ``temperature`` 0.07 is PML's / MoCo's default.
+
+    On the two views of B images with the image id as label (the self-supervised retrieval
+    mode) each row has one positive and ``2B - 2`` negatives, and the mean over rows is SimCLR's
+    NT-Xent (Chen et al. 2020, Eq. 1 and the loss ``1/2N sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``);
+    SimCLR's temperature is 0.1 (0.5 in its CIFAR-10 appendix).
     """
 
     consumes = "embeddings"
