@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lossbench.errors import require
+from lossbench.errors import UserError, require
 from lossbench.spec import deep_merge, typed_table
 
 TRAIN_LOGITS = "train_logits"
@@ -98,8 +98,12 @@ def check_teacher(spec: Mapping[str, Any], check_spec: Any) -> None:
     """A ``[teacher]`` table's checks before any data loads: its keys and types, and the
     teacher's spec as the family checks any spec (model options, the [train] table)."""
     if "teacher" in spec:
-        require(isinstance(spec["teacher"], dict), "teacher must be a table")
-        check_spec(teacher_spec(spec))
+        require(isinstance(spec["teacher"], dict), f"teacher = {spec['teacher']!r}; expected a "
+                                                   "table (loss, model, train)")
+        try:
+            check_spec(teacher_spec(spec))
+        except UserError as err:
+            raise UserError(f"the teacher's spec: {err}") from None
 
 
 def load_teacher(teacher: Mapping[str, str], num_train: int, num_classes: int,
