@@ -12,7 +12,13 @@ import torch
 
 from lossbench.errors import UserError
 from lossbench.losses import LOSSES
-from lossbench.losses.distill import kd_term, nckd, plackett_luce_nll, tckd
+from lossbench.losses.distill import (
+    kd_term,
+    nckd,
+    plackett_luce_nll,
+    tckd,
+    teacher_optimal_order,
+)
 
 N, K = 6, 5
 
@@ -214,6 +220,21 @@ def test_pld_first_rank_is_teacher_weighted_ce_and_a_certain_teacher_gives_ce() 
     assert (rest >= 0).all()
     certain = t + 100.0 * torch.nn.functional.one_hot(y, K).double()
     torch.testing.assert_close(_call(_build("pld", certain), z, y), ce)
+
+
+def test_pld_weights_recover_ce_and_listmle() -> None:
+    """PLD Sec. 4.2: weights (1, 0, ..., 0) give CE; unit weights give ListMLE's -log P(pi*)."""
+    z, t, y = _inputs(11)
+    ranked = z.gather(1, teacher_optimal_order(t, y))
+    first = torch.zeros_like(z)
+    first[:, 0] = 1.0
+    ce = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    torch.testing.assert_close(plackett_luce_nll(ranked, first), ce)
+    order = teacher_optimal_order(t, y)
+    listmle = torch.stack([sum(torch.logsumexp(z[i, order[i, k:]], 0) - z[i, order[i, k]]
+                               for k in range(K)) for i in range(N)])
+    torch.testing.assert_close(plackett_luce_nll(ranked, torch.ones_like(z)), listmle)
+    assert (order[:, 0] == y).all()
 
 
 def test_plackett_luce_likelihood_sums_to_one_over_rankings() -> None:

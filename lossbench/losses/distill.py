@@ -210,10 +210,13 @@ class PlackettLuceDistillation(TeacherLoss):
     term is a log-sum-exp minus a linear function with a non-negative weight, so the loss is
     convex in ``z`` and unchanged by adding a constant to every logit.
 
-    Verification: this follows the paper's abstract (teacher-optimal ranking, teacher-
-    confidence weights) and the standard PL likelihood; the paper's equations and official code
-    could not be read where this was written, so the placement of the temperature (here only on
-    the teacher's weights, default 1) is our reading, not checked against the paper.
+    Verified against the paper's text: Sec. 4.1 (``pi*``), Sec. 4.2 (``alpha_k = q^T_{pi*_k}``,
+    the PLD loss), Appendix A (the loss with unscaled student logits and its convexity) and
+    Appendix C (the authors' listing: the ranking reversed, label last, with a forward
+    ``logcumsumexp``; weights ``softmax(t_perm / T)``; the temperature only on the teacher).
+    Default ``T = 1`` is that listing's default; the paper's CIFAR-100 runs use ``T = 4``.
+    Ties in the teacher's logits are ordered by class index here (the listing leaves them to
+    ``torch.sort``).
     """
 
     def __init__(self, teacher_logits: Tensor, temperature: float = 1.0) -> None:
