@@ -75,6 +75,7 @@ def test_teacher_key_follows_the_teacher_config_and_the_student_key_follows_it()
     # the teacher is an ordinary run: its own spec, the student's data, split and seed
     teacher = teacher_config(base)
     assert teacher.loss == "ce" and teacher.seed == 0 and "teacher" not in teacher.spec
+    assert teacher.task == teacher.spec["task"] == f"{TASK}.teacher"  # its own setting
     assert teacher.spec["model"]["hidden"] == 512 and base.spec["model"]["hidden"] == 32
     assert teacher.spec["data"] == base.spec["data"]
     assert teacher.spec["split"] == base.spec["split"]

@@ -235,7 +235,7 @@ def teacher_config(student: RunConfig) -> RunConfig:
         raise UserError(f"teacher.loss = {text!r}: {err}") from None
     require(not needs_teacher(name), f"teacher.loss = {text!r} distils a teacher itself; "
                                      "a teacher is trained on labels (e.g. ce)")
-    return RunConfig(student.task, student.family, student.budget, name, params, student.seed,
+    return RunConfig(spec["task"], student.family, student.budget, name, params, student.seed,
                      spec, student.device, student.threads, source, student.task_file)
 
 

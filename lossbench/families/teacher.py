@@ -36,6 +36,9 @@ from lossbench.spec import deep_merge, typed_table
 
 TRAIN_LOGITS = "train_logits"
 """The array a teacher run keeps: its logits on the training inputs [num_train, K]."""
+TEACHER_SUFFIX = ".teacher"
+"""A teacher run's task name is its student task's plus this, so reports show the teacher as a
+setting of its own, never as more seeds of the students' CE run."""
 WIDENED = ("width", "hidden")
 """Model options doubled to make the default teacher: a wider copy of the task's model."""
 
@@ -77,12 +80,14 @@ def resolved_teacher(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def teacher_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The teacher's own task spec: the student's, with the teacher's model and training, no
-    ``[teacher]`` table, and its training-set logits kept."""
+    ``[teacher]`` table, its training-set logits kept, and its own task name
+    (``<task>.teacher``)."""
     resolved = resolved_teacher(spec)
     out = {k: v for k, v in spec.items() if k != "teacher"}
     out["model"] = resolved["model"]
     out["train"] = deep_merge(spec.get("train", {}), resolved["train"])
     out["eval"] = dict(spec.get("eval", {})) | {"keep_train_logits": True}
+    out["task"] = f"{spec['task']}{TEACHER_SUFFIX}"
     return out
 
 
