@@ -22,8 +22,8 @@ from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
 from lossbench.families.teacher import read_teacher, teacher_spec, with_resolved_teacher
 from lossbench.losses import LOSSES
-from lossbench.losses.reducers import is_reduce_key
 from lossbench.losses.distill import needs_teacher
+from lossbench.losses.reducers import is_reduce_key
 from lossbench.registry import Entry, check_params
 from lossbench.spec import outside_task_file, resolve_task
 
