@@ -111,7 +111,7 @@ class Entry(Generic[T]):
 PROBE_CONTEXT: dict[str, Any] = {
     "num_classes": 10, "num_train": 8, "embedding_dim": 16, "shots": 1, "temperature": 1.0,
     "train_inputs": torch.zeros(8, 4), "class_counts": (100, 60, 36, 22, 13, 8, 5, 3, 2, 1),
-    "seed": 0, "train_bags": torch.arange(8),
+    "seed": 0, "train_bags": torch.arange(8), "teacher_logits": torch.zeros(8, 10),
 }
 """Stand-in context used to check user parameters before any data is loaded."""
 

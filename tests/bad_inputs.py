@@ -80,6 +80,12 @@ OTHER_TASKS = [
     ("fashion-mnist-ssl", ["ms", "ce", "sogclr:gamma=0", "sogclr:temperature=abc",
                            "isogclr:tau_init=5", "isogclr:tau_min=0", "isogclr:beta=2"]),
 ]
+DISTILL = ["--task", "digits-distill", "--budget", "smoke", "--device", "cpu", "--seeds", "0"]
+BAD_TEACHER_SETS = ["teacher.loss=nope", "teacher.loss=kd", "teacher.loss=all",
+                    "teacher.loss=gce:q=5", "teacher.loss=1", "teacher.model.name=nope",
+                    "teacher.model.hidden=abc", "teacher.train.epochs=0",
+                    "teacher.train.epoch=1", "teacher.bogus=1", "teacher=3", "teacher.model=3",
+                    "train.augment=true"]
 BAD_BAG_SETS = ["bags.size=0", "bags.size=abc", "bags.size=2.5", "bags.kind=knn",
                 "bags.seed=abc", "bags.k=2"]
 BAD_FEWSHOT_SETS = ['eval.inference=tim', 'eval.inference=["kmeans"]',
@@ -116,6 +122,10 @@ def cases(tmp: Path) -> Iterator[list[str]]:
     for assignment in BAD_FEWSHOT_SETS:
         yield ["run", "--loss", "ce", "--task", "digits-fewshot", "--budget", "smoke",
                "--set", assignment, *out]
+    for assignment in BAD_TEACHER_SETS:
+        yield ["run", "--loss", "kd", *DISTILL, "--set", assignment, *out]
+    yield ["run", "--loss", "kd", *SMOKE, *out]  # a task without a [teacher] table
+    yield ["run", "--loss", "pld:temperature=0", *DISTILL, *out]
     file_out = tmp / "a-file"
     yield ["run", "--loss", "ce", *SMOKE, "--out", str(file_out)]
     yield ["run", "--loss", "ce", *SMOKE, "--out", "/proc/x"]

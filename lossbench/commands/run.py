@@ -274,7 +274,9 @@ def run(
     for path, why in grid.unreadable:
         console.print(f"[yellow]warning[/]: record {path} is unreadable ({why}); its run counts "
                       "as not finished", highlight=False)
-    console.print(f"{plural(len(configs), 'run')} in the grid, {len(reused)} already finished, "
+    teachers = f" (+{plural(len(grid.teachers), 'teacher')})" if grid.teachers else ""
+    console.print(f"{plural(len(configs), 'run')} in the grid{teachers}, {len(reused)} already "
+                  "finished, "
                   f"{len(todo)} to run → {out}"
                   + (f" ({plural(n_workers, 'worker')} × {plural(threads, 'thread')})"
                      if todo else ""), highlight=False)

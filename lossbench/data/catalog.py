@@ -90,7 +90,9 @@ def _uci_needs() -> tuple[tuple[str, ...], ...]:
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset(
         "fashion-mnist", "Fashion-MNIST (60,000 / 10,000 28x28 grey images, 10 classes)",
-        "MIT (Zalando SE)", ("fashion-mnist-noisy", "fashion-mnist-ssl", "fashion-mnist-ssl-lt"),
+        "MIT (Zalando SE)",
+        ("fashion-mnist-noisy", "fashion-mnist-ssl", "fashion-mnist-ssl-lt",
+         "fashion-mnist-distill"),
         (("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"),
          ("train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"),
          ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"),

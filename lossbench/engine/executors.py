@@ -57,7 +57,7 @@ def run_one(cfg: RunConfig, device: str, report: Reporter | None = None) -> Reco
     """Train and score one config. Divergence and crashes become records; user errors propagate."""
     dev = resolve_device(device)
     torch.set_num_threads(cfg.threads)
-    ctx = RunContext(cfg.spec, cfg.loss, cfg.loss_params, cfg.seed, dev)
+    ctx = RunContext(cfg.spec, cfg.loss, cfg.loss_params, cfg.seed, dev, teacher=cfg.teacher)
     if report is not None:
         ctx.report = report
     record = _record(cfg, dev)
@@ -85,7 +85,8 @@ def run_group(group: Sequence[RunConfig], device: str) -> list[Record]:
     dev = resolve_device(device)
     torch.set_num_threads(group[0].threads)
     records = [_record(cfg, dev) for cfg in group]
-    ctxs = [RunContext(c.spec, c.loss, c.loss_params, c.seed, dev) for c in group]
+    ctxs = [RunContext(c.spec, c.loss, c.loss_params, c.seed, dev, teacher=c.teacher)
+            for c in group]
     start = time.perf_counter()
     retry = ""
     try:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from typing import Any
 
 from lossbench import plugins
 from lossbench.errors import UserError, require
 from lossbench.families import FAMILIES
+from lossbench.families.teacher import read_teacher, teacher_spec, with_resolved_teacher
 from lossbench.losses import LOSSES
+from lossbench.losses.distill import needs_teacher
 from lossbench.losses.reducers import is_reduce_key
 from lossbench.registry import Entry, check_params
 from lossbench.spec import outside_task_file, resolve_task
@@ -47,12 +49,15 @@ class RunConfig:
     task_file: str | None = None
     """Tasks from outside the package only: the TOML's path, recorded but not in the key (the
     resolved ``spec`` is, so the file's content is covered)."""
+    teacher: Mapping[str, str] | None = None
+    """Distillation runs only: the teacher run's ``key`` (part of this run's key) and ``file``,
+    the path of its arrays (set by the session for its results folder; not in the key)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The config as records store it; the plug-in fields appear only where set, so a
         built-in run's record and key are unchanged by their existence."""
         config = asdict(self)
-        for name in ("loss_source", "task_file"):
+        for name in ("loss_source", "task_file", "teacher"):
             if config[name] is None:
                 del config[name]
         return config
@@ -64,6 +69,10 @@ class RunConfig:
         a task's configs) is serialised once, not deep-copied and serialised per config."""
         config = {f.name: getattr(self, f.name) for f in fields(self)} | {"spec": _SPEC_SLOT}
         del config["task_file"]
+        if self.teacher is None:
+            del config["teacher"]
+        else:
+            config["teacher"] = {"key": self.teacher["key"]}
         if self.loss_source is None:
             del config["loss_source"]
         else:
@@ -196,6 +205,7 @@ def expand(
         check = FAMILIES.get(family).tags.get("check")
         if check is not None:
             check(spec)
+        spec = with_resolved_teacher(spec)
         default_seeds = task_default_seeds(spec)  # checked even when --seeds replaces them
         task_seeds = list(seeds) if seeds is not None else default_seeds
         check_loss = FAMILIES.get(family).tags.get("check_loss")
@@ -206,5 +216,34 @@ def expand(
             for seed in task_seeds:
                 cfg = RunConfig(spec["task"], family, budget, name, params, int(seed), spec,
                                 device, threads, source, task_file)
+                if needs_teacher(name):
+                    cfg = replace(cfg, teacher={"key": teacher_config(cfg).key})
                 runs.setdefault(cfg.key, cfg)
     return list(runs.values())
+
+
+def teacher_config(student: RunConfig) -> RunConfig:
+    """The teacher run of a distillation run: an ordinary run of the teacher's spec
+    (``families.teacher.teacher_spec``) with the teacher's loss, at the student's seed, budget
+    and numerics; its key is the ordinary key of that config."""
+    spec = teacher_spec(student.spec)
+    text = read_teacher(student.spec).loss
+    require(text.strip() != "all", "teacher.loss = 'all' names no one loss; e.g. ce")
+    try:
+        [(name, params, source)] = expand_losses([text], student.family)
+    except UserError as err:
+        raise UserError(f"teacher.loss = {text!r}: {err}") from None
+    require(not needs_teacher(name), f"teacher.loss = {text!r} distils a teacher itself; "
+                                     "a teacher is trained on labels (e.g. ce)")
+    return RunConfig(spec["task"], student.family, student.budget, name, params, student.seed,
+                     spec, student.device, student.threads, source, student.task_file)
+
+
+def teacher_configs(configs: Iterable[RunConfig]) -> list[RunConfig]:
+    """The distinct teacher runs the distillation runs among ``configs`` need, in order."""
+    teachers: dict[str, RunConfig] = {}
+    for cfg in configs:
+        if cfg.teacher is not None:
+            teacher = teacher_config(cfg)
+            teachers.setdefault(teacher.key, teacher)
+    return list(teachers.values())

@@ -1,8 +1,10 @@
 """What ``lossbench run`` and ``lossbench.run()`` share: the grid planned against its results
 folder, with everything a user can get wrong checked before the first run trains (options, loss
 and task specs, plug-ins, data presence, the device, a writable ``out``), and its execution,
-each record saved the moment it arrives. Only ``resolve_workers`` is light; the rest imports the
-engine when called, so the CLI module stays cheap to import.
+each record saved the moment it arrives. A grid with distillation losses trains the teachers
+they need first (once each; finished ones are reused), then the rest. Only
+``resolve_workers`` is light; the rest imports the engine when called, so the CLI module stays
+cheap to import.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class Plan:
     options: dict[str, Any] = field(default_factory=dict)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     """Records of ``out`` that cannot be read (path, why): their runs count as not finished."""
+    teachers: list[RunConfig] = field(default_factory=list)
+    """The teacher runs the distillation runs need; those still to train lead ``todo``."""
+
+    def stages(self) -> list[list[RunConfig]]:
+        """``todo`` in the order it must train: the teachers first, then everything else."""
+        teachers = {t.key for t in self.teachers}
+        first = [c for c in self.todo if c.key in teachers]
+        rest = [c for c in self.todo if c.key not in teachers]
+        return [stage for stage in (first, rest) if stage]
 
     @property
     def in_process(self) -> bool:
@@ -74,7 +85,7 @@ def plan(
     """The grid against the records of ``out``; raises UserError before any training."""
     from lossbench.commands.common import check_writable_dir
     from lossbench.engine.executors import EXECUTORS, pack_groups, pack_size
-    from lossbench.engine.grid import expand
+    from lossbench.engine.grid import expand, teacher_configs
     from lossbench.engine.store import Store
     from lossbench.engine.train import device_type
 
@@ -93,12 +104,40 @@ def plan(
     require(bool(configs), "the grid is empty; check --loss, --task and --seeds")
     store = Store(out)
     finished = {} if force else store.finished()  # from the tables: no record is parsed twice
-    todo = [c for c in configs if c.key not in finished]
+    configs = [_with_teacher_file(c, store) for c in configs]
+    teachers = teacher_configs(configs)
+    todo = [t for t in teachers if not _teacher_ready(t, finished, store)]
+    todo += [c for c in configs if c.key not in finished]
     reused = [finished[c.key] for c in configs if c.key in finished]
     groups = len(pack_groups(todo, pack, device))
     n_workers = resolve_workers(workers, threads, max(1, groups))
     return Plan(configs, todo, reused, store, n_workers, device, executor, options,
-                list(getattr(store, "unreadable", [])))
+                list(getattr(store, "unreadable", [])), teachers)
+
+
+def _with_teacher_file(cfg: RunConfig, store: Store) -> RunConfig:
+    """A distillation run told where its teacher's arrays lie in this results folder."""
+    if cfg.teacher is None:
+        return cfg
+    from dataclasses import replace
+
+    from lossbench.engine.arrays import SUFFIX
+
+    key = cfg.teacher["key"]
+    return replace(cfg, teacher={"key": key,
+                                 "file": str(store.path(key).with_suffix(SUFFIX).resolve())})
+
+
+def _teacher_ready(teacher: RunConfig, finished: dict[str, dict[str, Any]], store: Store
+                   ) -> bool:
+    """A finished teacher is reused; one whose logits file is gone trains again (the same
+    numbers on a CPU), and a diverged one stays (its students fail saying so)."""
+    from lossbench.engine.arrays import SUFFIX
+
+    if teacher.key not in finished:
+        return False
+    return (finished[teacher.key].get("status") != "ok"
+            or store.path(teacher.key).with_suffix(SUFFIX).is_file())
 
 
 def execute(plan: Plan, make_reporter: Callable[[RunConfig], Reporter] | None = None
@@ -108,7 +147,8 @@ def execute(plan: Plan, make_reporter: Callable[[RunConfig], Reporter] | None = 
     from lossbench.engine.executors import EXECUTORS
 
     reporter = make_reporter if plan.in_process else None
-    for record in EXECUTORS[plan.executor](plan.todo, plan.device, plan.workers, reporter,
-                                           **plan.options):
-        plan.store.save(record)  # the record, then its rows in the tables
-        yield record
+    for stage in plan.stages():  # teachers, then the runs that read their logits
+        for record in EXECUTORS[plan.executor](stage, plan.device, plan.workers, reporter,
+                                               **plan.options):
+            plan.store.save(record)  # the record, then its rows in the tables
+            yield record

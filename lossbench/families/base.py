@@ -33,6 +33,8 @@ class RunContext:
     seed: int
     device: torch.device
     report: Reporter = lambda epoch, epochs, live: None
+    teacher: Mapping[str, str] | None = None
+    """A distillation run's teacher: its run ``key`` and the ``file`` of its arrays."""
 
 
 @dataclass

@@ -47,7 +47,9 @@ from lossbench.data.views import source_channel_stats
 from lossbench.engine.train import TrainConfig, Trainer, seed_everything
 from lossbench.errors import require
 from lossbench.families.base import FAMILIES, RunContext, RunOutput, check_common, config_table
+from lossbench.families.teacher import TRAIN_LOGITS, check_teacher, load_teacher
 from lossbench.losses import LOSSES, Loss
+from lossbench.losses.distill import TEACHER_CONTEXT, needs_teacher
 from lossbench.metrics import (
     adaptive_calibration_error,
     auroc_ovr,
@@ -205,6 +207,19 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         check_imbalance(spec["imbalance"])
     read_calibration(spec)
     read_eval(spec)
+    check_teacher(spec, check_spec)
+
+
+def check_loss(spec: Mapping[str, Any], loss: str) -> None:
+    """A distillation loss needs the task's ``[teacher]`` and un-augmented student inputs (the
+    teacher's cached logits are those of the un-augmented training inputs)."""
+    if not needs_teacher(loss):
+        return
+    require("teacher" in spec, f"loss '{loss}' distils a teacher, but task '{spec['task']}' has "
+                               "no [teacher] table (e.g. the *-distill tasks)")
+    require(not spec.get("train", {}).get("augment", False),
+            f"loss '{loss}' reads the teacher's logits of the un-augmented training inputs; "
+            "set train.augment = false for the student (teacher.train.augment may stay true)")
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,9 @@ class EvalConfig:
     reported metric may come from."""
     pass_at: tuple[int, ...] = (1, 4, 16, 64)
     """The N of the reported exact pass@N (``test_pass@N``)."""
+    keep_train_logits: bool = False
+    """Keep the last epoch's logits on the un-augmented training inputs beside the record (a
+    teacher's, for distillation losses; ``lossbench.families.teacher``)."""
 
 
 def read_eval(spec: Mapping[str, Any]) -> EvalConfig:
@@ -273,8 +291,20 @@ def build_model(spec: Mapping[str, Any], data: Splits) -> nn.Module:
         model_spec, in_shape=tuple(data.x_train.shape[1:]), out_dim=data.num_classes)
 
 
-def build_loss(name: str, params: Mapping[str, Any], data: Splits, seed: int) -> Loss:
-    return LOSSES.get(name).build(params, **loss_context(data, seed))
+def build_loss(name: str, params: Mapping[str, Any], data: Splits, seed: int,
+               teacher_logits: torch.Tensor | None = None) -> Loss:
+    extra = {} if teacher_logits is None else {TEACHER_CONTEXT: teacher_logits}
+    return LOSSES.get(name).build(params, **loss_context(data, seed), **extra)
+
+
+def teacher_of(ctx: RunContext, data: Splits) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """The teacher's training-set logits and its facts for a distillation run, else (None, {})."""
+    if not needs_teacher(ctx.loss):
+        return None, {}
+    require(ctx.teacher is not None, f"loss '{ctx.loss}' needs a teacher run; run it through "
+                                     "`lossbench run`, which trains the teacher first")
+    assert ctx.teacher is not None
+    return load_teacher(ctx.teacher, len(data.x_train), data.num_classes, ctx.device)
 
 
 CURVES = (
@@ -393,9 +423,10 @@ def final_metrics(curves: Mapping[str, list[float]]) -> dict[str, float]:
 @FAMILIES.register(
     "classification",
     accepts=("logits", "binary"),
-    summary=("test_top1", "test_top1@best_val", "test_bacc", "test_ece"),
+    summary=("test_top1", "test_top1@best_val", "test_bacc", "test_ece", "teacher_test_top1"),
     check=check_spec,
-    supplies=("num_classes", "num_train", "class_counts", "seed"),
+    supplies=("num_classes", "num_train", "class_counts", "seed", TEACHER_CONTEXT),
+    check_loss=check_loss,
     pack_key=pack_key,
 )
 def run_classification(ctx: RunContext) -> RunOutput:
@@ -406,9 +437,10 @@ def run_classification(ctx: RunContext) -> RunOutput:
     cfg = TrainConfig.from_spec(spec["train"])
     ev = read_eval(spec)
 
+    teacher_logits, teacher_facts = teacher_of(ctx, data)
     seed_everything(ctx.seed)
     model = build_model(spec, data).to(ctx.device)
-    loss = build_loss(ctx.loss, ctx.loss_params, data, ctx.seed).to(ctx.device)
+    loss = build_loss(ctx.loss, ctx.loss_params, data, ctx.seed, teacher_logits).to(ctx.device)
     steps = max(1, len(data.x_train) // cfg.batch_size)
     trainer = Trainer(model, loss, cfg, ctx.device, steps,
                       augment=crop_flip if (cfg.augment and data.image) else None)
@@ -420,8 +452,20 @@ def run_classification(ctx: RunContext) -> RunOutput:
         live = scorer.add(epoch, train_loss, lambda: trainer.predict(data.x_val),
                           lambda: trainer.predict(data.x_test))
         ctx.report(epoch + 1, cfg.epochs, live)
-    return finish_run(spec, data, scorer, ctx.seed, lambda: calibration_views(
+    out = finish_run(spec, data, scorer, ctx.seed, lambda: calibration_views(
         spec, data, trainer.predict))
+    if ev.keep_train_logits:
+        out.arrays[TRAIN_LOGITS] = trainer.predict(data.x_train).cpu().numpy()
+    return with_teacher(out, teacher_facts)
+
+
+def with_teacher(out: RunOutput, facts: Mapping[str, Any]) -> RunOutput:
+    """A distillation run's output with its teacher's test metrics (``teacher_test_top1``...)
+    beside its own, and the teacher's run key in its facts."""
+    if facts:
+        out.metrics |= {k: v for k, v in facts.items() if k != "teacher_key"}
+        out.info["teacher"] = str(facts["teacher_key"])
+    return out
 
 
 def calibration_views(spec: Mapping[str, Any], data: Splits,

@@ -34,7 +34,10 @@ from lossbench.families.classification import (
     finish_run,
     prepare_splits,
     read_eval,
+    teacher_of,
+    with_teacher,
 )
+from lossbench.families.teacher import TRAIN_LOGITS
 
 
 def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Diverged]:
@@ -52,9 +55,11 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
             data = replace(data, x_train=first.x_train, x_val=first.x_val, x_test=first.x_test)
         by_seed[seed] = data
     datas = [by_seed[ctx.seed] for ctx in ctxs]
+    teachers = {id(ctx): teacher_of(ctx, by_seed[ctx.seed]) for ctx in ctxs}
     models, losses = build_members(
         ctxs, lambda ctx: (build_model(spec, by_seed[ctx.seed]),
-                           build_loss(ctx.loss, ctx.loss_params, by_seed[ctx.seed], ctx.seed)),
+                           build_loss(ctx.loss, ctx.loss_params, by_seed[ctx.seed], ctx.seed,
+                                      teachers[id(ctx)][0])),
         device)
     shared = datas[0]
     steps = max(1, len(shared.x_train) // cfg.batch_size)
@@ -79,11 +84,16 @@ def run_classification_packed(ctxs: Sequence[RunContext]) -> list[RunOutput | Di
     def member_copies(m: int) -> Callable[[], Views]:
         return lambda: (copies()[0][:, m], copies()[1][:, m])
 
+    train_logits = trainer.predict(shared.x_train) if ev.keep_train_logits else None
     finished: list[RunOutput | Diverged] = []
     for m, outcome in enumerate(outcomes):
         if outcome is None:
-            outcome = finish_run(spec, datas[m], scorers[m], ctxs[m].seed, member_copies(m))
+            outcome = with_teacher(
+                finish_run(spec, datas[m], scorers[m], ctxs[m].seed, member_copies(m)),
+                teachers[id(ctxs[m])][1])
             outcome.info["packed"] = len(ctxs)
+            if train_logits is not None:
+                outcome.arrays[TRAIN_LOGITS] = train_logits[m].cpu().numpy()
         finished.append(outcome)
     return finished
 
