@@ -104,6 +104,15 @@ def test_runs_are_deterministic_and_packed_runs_equal_single_runs(tmp_path: Path
                                                              abs=100 / 80 + 1e-9)
 
 
+@pytest.fixture(scope="module")
+def fm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Fashion-MNIST-format files, so planning (which checks the data is there) never needs the
+    real set: CI runs without ../shared/data."""
+    folder = tmp_path_factory.mktemp("fm")
+    write_mnist_like(folder, n_train=60, n_test=20)
+    return f"data.dir={folder}"
+
+
 @pytest.mark.parametrize("loss,override,match", [
     ("ms", None, r"loss 'ms' does not train in retrieval.mode = \"self-supervised\".*infonce"),
     ("sogclr", "ssl.crop_scale=0", "ssl.crop_scale must be in"),
@@ -111,23 +120,25 @@ def test_runs_are_deterministic_and_packed_runs_equal_single_runs(tmp_path: Path
     ("sogclr", "retrieval.mode=unsupervised", "retrieval.mode"),
     ("sogclr", "eval.knn_k=0", "eval.knn_k must be >= 1"),
 ])
-def test_spec_and_loss_mistakes_are_user_errors(loss: str, override: str | None,
-                                                match: str) -> None:
+def test_spec_and_loss_mistakes_are_user_errors(loss: str, override: str | None, match: str,
+                                                fm_dir: str) -> None:
     with pytest.raises(UserError, match=match):
-        expand([loss], ["fashion-mnist-ssl"], [0], "smoke", [override] if override else [])
+        expand([loss], ["fashion-mnist-ssl"], [0], "smoke",
+               [fm_dir, *([override] if override else [])])
 
 
-def test_imbalance_is_refused_in_supervised_mode() -> None:
+def test_imbalance_is_refused_in_supervised_mode(fm_dir: str) -> None:
     with pytest.raises(UserError, match=r"\[imbalance\] is supported in retrieval.mode"):
         expand(["ms"], ["fashion-mnist-ssl-lt"], [0], "smoke",
-               ["retrieval.mode=supervised", "train.batch_size=64"])
+               [fm_dir, "retrieval.mode=supervised", "train.batch_size=64"])
 
 
 @pytest.mark.parametrize("task", ["fashion-mnist-ssl", "fashion-mnist-ssl-lt", "cifar10-ssl",
                                   "cifar100-ssl", "cifar10-ssl-lt", "cifar100-ssl-lt"])
 @pytest.mark.parametrize("budget", ["smoke", "quick", "paper"])
-def test_ssl_tasks_resolve_at_every_budget(task: str, budget: str) -> None:
-    configs = expand(["infonce", "sogclr", "isogclr"], [task], [0], budget)
+def test_ssl_tasks_resolve_at_every_budget(task: str, budget: str, fm_dir: str) -> None:
+    overrides = [fm_dir] if task.startswith("fashion") else []
+    configs = expand(["infonce", "sogclr", "isogclr"], [task], [0], budget, overrides)
     assert len(configs) == 3
 
 
