@@ -81,7 +81,7 @@ def test_paired_uses_common_seeds_only() -> None:
      ("test_recall@1", True), ("test_ece", False), ("test_nll@best_val", False),
      ("train_loss", False), ("test_rmse", False), ("test_mae", False),
      ("test_wis", False), ("test_wis_conformal@best_val", False), ("test_crossing_raw", False),
-     ("test_pass@64", True)],
+     ("test_pass@64", True), ("test_ci95_3w1s", False), ("test_acc_3w1s_tim", True)],
 )
 def test_metric_direction(metric: str, higher: bool) -> None:
     assert higher_is_better(metric) is higher

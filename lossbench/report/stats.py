@@ -15,7 +15,7 @@ import numpy as np
 
 LOWER_IS_BETTER = frozenset(
     {"ece", "nll", "loss", "rmse", "mae", "mse", "error", "err", "brier", "width",
-     "ce", "bpc", "ppl", "rep", "wis", "crossing"}
+     "ce", "bpc", "ppl", "rep", "wis", "crossing", "ci95"}
 )
 """A metric is lower-is-better when one of the words of its name is in this set."""
 
@@ -27,7 +27,8 @@ def higher_is_better(metric: str) -> bool:
 
     ``test_top1``, ``test_map@r`` -> higher; ``test_ece``, ``test_nll@best_val``, ``train_loss``,
     ``test_rmse``, the language-model ``test_ce``, ``test_bpc``, ``test_ppl`` and ``rep_4``,
-    the quantile ``test_wis_conformal`` and ``test_crossing_raw`` -> lower. Unknown words default
+    the quantile ``test_wis_conformal`` and ``test_crossing_raw``, and a few-shot accuracy's
+    95% half-width ``test_ci95_3w1s`` -> lower. Unknown words default
     to higher-is-better. Parameters of a few-shot inference method in a name (after ``:``, up to
     ``@``) are not words of the metric: ``test_acc_5w1s_tim:ce_weight=0.5`` is an accuracy.
     """
