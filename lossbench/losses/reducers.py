@@ -178,9 +178,10 @@ def split_reduce(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return own, {k: v for k, v in values.items() if is_reduce_key(k)}
 
 
-def resolve_reduce(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The reducer keys, checked, with defaults filled in; ``{}`` for the mean (the default), so
-    a spec naming ``reduce=mean`` is the same run as one naming nothing."""
+def _reducer(values: Mapping[str, Any]) -> tuple[dict[str, Any], Reducer]:
+    """The reducer keys, checked, with defaults filled in (``{}`` for the mean, the default, so
+    a spec naming ``reduce=mean`` is the same run as one naming nothing), and the reducer they
+    build: building is the range check, so it happens once, before any run."""
     name = str(values.get(REDUCE, "mean"))
     entry = REDUCERS.get(name)
     params = {k.partition(".")[2]: v for k, v in values.items() if k != REDUCE}
@@ -188,10 +189,15 @@ def resolve_reduce(values: Mapping[str, Any]) -> dict[str, Any]:
             f"reducer parameters {', '.join(sorted(params))} given without reduce=NAME; "
             f"accepted reducers: {', '.join(REDUCERS.names())}")
     resolved = entry.resolve(params)
-    entry.build(resolved)  # range errors now, not in the first run
+    reducer = entry.build(resolved)
     if name == "mean":
-        return {}
-    return {REDUCE: name} | {f"{REDUCE}.{k}": v for k, v in resolved.items()}
+        return {}, reducer
+    return {REDUCE: name} | {f"{REDUCE}.{k}": v for k, v in resolved.items()}, reducer
+
+
+def resolve_reduce(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The reducer keys of ``values``, checked, with defaults filled in (see ``_reducer``)."""
+    return _reducer(values)[0]
 
 
 def reducer_defaults(name: str) -> dict[str, str]:
@@ -202,12 +208,9 @@ def reducer_defaults(name: str) -> dict[str, str]:
 
 
 def build_reducer(values: Mapping[str, Any]) -> Reducer | None:
-    """The reducer the (resolved) loss parameters name, or None for the plain mean."""
-    resolved = resolve_reduce(values)
-    if not resolved:
-        return None
-    params = {k.partition(".")[2]: v for k, v in resolved.items() if k != REDUCE}
-    return REDUCERS.get(str(resolved[REDUCE])).build(params)
+    """The reducer the loss parameters name, or None for the plain mean."""
+    resolved, reducer = _reducer(values)
+    return reducer if resolved else None
 
 
 class LossEntry(Entry[nn.Module]):
