@@ -226,13 +226,14 @@ def plot(
 ) -> None:
     """PNGs: metric vs noise rate, pass@N vs N, learning curves, critical-difference diagram."""
     from lossbench.report import plots as plots_report
-    from lossbench.report.load import load_catalogue, load_curves, load_runs, report_metrics
+    from lossbench.report.compare import metric_per_family
+    from lossbench.report.load import load_catalogue, load_curves, load_runs
 
     plots_report.require_plotting()
     paths = results or [DEFAULT_OUT]
-    metrics = set(report_metrics(paths, metric).values())
-    passes = {m for m in load_catalogue(paths)["metric"].dropna()
-              if plots_report.PASS_AT.fullmatch(m)}
+    catalogue = load_catalogue(paths)  # read once: the family metrics and the pass@N ones
+    metrics = set(metric_per_family(catalogue, metric).values())
+    passes = {m for m in catalogue["metric"].dropna() if plots_report.PASS_AT.fullmatch(m)}
     runs = load_runs(paths, metrics | passes)
     curves = load_curves(paths, {c for m in metrics for c in plots_report.curve_metrics(m)})
     check_writable_dir(out, "--out")
