@@ -238,7 +238,14 @@ def reduce_spec_params(text: str) -> dict[str, str]:
 
 def with_reducer(spec: str, reduce: str) -> str:
     """A loss spec with ``--reduce``'s keys added: ``ce`` + ``small-loss:rate=0.3`` ->
-    ``ce:reduce=small-loss,reduce.rate=0.3`` (after a plug-in's ``file.py:Class`` alike)."""
-    extra = ",".join(f"{k}={v}" for k, v in reduce_spec_params(reduce).items())
-    tail = spec.rpartition(":")[2]
-    return f"{spec},{extra}" if ":" in spec and "=" in tail else f"{spec}:{extra}"
+    ``ce:reduce=small-loss,reduce.rate=0.3`` (after a plug-in's ``file.py:Class`` alike), read
+    and written by the spec grammar's own parser and writer."""
+    from lossbench.plugins import parse_loss_spec
+    from lossbench.tuning import spec_text
+
+    name, raw = parse_loss_spec(spec)
+    extra = reduce_spec_params(reduce)
+    twice = sorted(set(raw) & set(extra))
+    require(not twice, f"parameter '{', '.join(twice)}' given twice in {spec!r} and --reduce "
+                       f"{reduce!r}")
+    return spec_text(name, raw | extra)
