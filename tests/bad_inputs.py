@@ -21,6 +21,9 @@ BAD_LOSSES = [
     "mse", "gauss-nll", "aldr:lambda=0", "nce+rce:alpha=-1", "ce:reduction=sum",
     "pkg.mod", "pkg.mod:k=1", "x.py", "x.py:", "missing.py:A", "no_such_module_xyz:A",
     "focal:Focal", "a/b:C", "lossbench.losses:LOSSES", "lossbench.losses.base:Loss",
+    "ce:reduce=median", "ce:reduce.rate=0.3", "ce:reduce=small-loss,reduce.rate=2",
+    "ce:reduce=small-loss,reduce.speed=1", "ce:reduce=loss-weight,reduce.strategy=cubic",
+    "ce:reduce=loss-weight,reduce.r=0", "ce:reduce=mean,reduce=small-loss",
 ]
 BAD_TASKS = ["nope", "", ",", "digits-noisy,nope", "../tasks/digits-noisy", "DIGITS-NOISY",
              "nope.toml", "tasks"]
@@ -125,6 +128,9 @@ def cases(tmp: Path) -> Iterator[list[str]]:
     for assignment in BAD_TEACHER_SETS:
         yield ["run", "--loss", "kd", *DISTILL, "--set", assignment, *out]
     yield ["run", "--loss", "kd", *SMOKE, *out]  # a task without a [teacher] table
+    for reduce in ("", ":", "median", "small-loss:rate=2", "small-loss:rate", "mean:x=1"):
+        yield ["run", "--loss", "ce", "--reduce", reduce, *SMOKE, *out]
+    yield ["run", "--loss", "ce:reduce=mean", "--reduce", "small-loss", *SMOKE, *out]
     yield ["run", "--loss", "pld:temperature=0", *DISTILL, *out]
     file_out = tmp / "a-file"
     yield ["run", "--loss", "ce", *SMOKE, "--out", str(file_out)]
